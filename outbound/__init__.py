@@ -1,0 +1,1 @@
+"""asterisk-outbound: the shared core (no runtime imports here)."""

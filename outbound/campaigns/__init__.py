@@ -1,0 +1,1 @@
+"""Campaigns: modes, lifecycle, treatments and dispositions."""

@@ -1,0 +1,116 @@
+"""Do-not-call lists: global and per campaign."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from .errors import Invalid
+from .model import DncEntry
+from .phones import InvalidNumber, normalize
+
+
+def add(
+    s: Session,
+    number: str,
+    region: str,
+    *,
+    campaign_id: int | None = None,
+    reason: str = "",
+    source: str = "admin",
+) -> tuple[str, bool]:
+    """Add a number; returns (e164, created). Adding it twice changes nothing."""
+    try:
+        e164 = normalize(number, region)
+    except InvalidNumber as exc:
+        raise Invalid(str(exc)) from None
+    if any(c in reason for c in "\r\n\0") or len(reason) > 200:
+        raise Invalid("reason must be at most 200 characters without control characters")
+    existing = s.scalar(
+        select(DncEntry.id).where(
+            DncEntry.e164 == e164,
+            DncEntry.campaign_id.is_(None)
+            if campaign_id is None
+            else DncEntry.campaign_id == campaign_id,
+        )
+    )
+    if existing is not None:
+        return e164, False
+    s.add(DncEntry(e164=e164, campaign_id=campaign_id, reason=reason, source=source))
+    s.flush()
+    return e164, True
+
+
+def matches(s: Session, e164s: Iterable[str], campaign_id: int | None) -> list[DncEntry]:
+    """DNC entries (global, or of this campaign) that match any of the numbers."""
+    nums = list(e164s)
+    if not nums:
+        return []
+    scope = DncEntry.campaign_id.is_(None)
+    if campaign_id is not None:
+        scope = or_(scope, DncEntry.campaign_id == campaign_id)
+    return list(s.scalars(select(DncEntry).where(DncEntry.e164.in_(nums), scope)).all())
+
+
+def check(s: Session, number: str, region: str, campaign_id: int | None = None) -> dict[str, Any]:
+    try:
+        e164 = normalize(number, region)
+    except InvalidNumber as exc:
+        raise Invalid(str(exc)) from None
+    hits = matches(s, [e164], campaign_id)
+    return {
+        "number": e164,
+        "blocked": bool(hits),
+        "entries": [
+            {
+                "scope": "global" if h.campaign_id is None else f"campaign {h.campaign_id}",
+                "reason": h.reason,
+                "source": h.source,
+                "added": h.created_at.isoformat(),
+            }
+            for h in hits
+        ],
+    }
+
+
+def import_file(
+    s: Session, path: Path, region: str, campaign_id: int | None = None
+) -> dict[str, Any]:
+    """Import numbers from a CSV (first column, or a column named phone/number).
+    Bad lines are reported with line number and reason; good ones are added."""
+    added = present = 0
+    errors: list[dict[str, Any]] = []
+    try:
+        fh = path.open(encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise Invalid(f"{path}: cannot read: {exc.strerror}") from None
+    with fh:
+        reader = csv.reader(fh)
+        col = 0
+        for row in reader:
+            line = reader.line_num
+            if not row or not any(x.strip() for x in row):
+                continue
+            lowered = [x.strip().lower() for x in row]
+            if line == 1 and any(x in ("phone", "number", "e164") for x in lowered):
+                col = next(i for i, x in enumerate(lowered) if x in ("phone", "number", "e164"))
+                continue
+            try:
+                _, created = add(
+                    s,
+                    row[col] if col < len(row) else "",
+                    region,
+                    campaign_id=campaign_id,
+                    source="import",
+                )
+            except Invalid as exc:
+                errors.append({"line": line, "reason": str(exc)})
+                continue
+            added += created
+            present += not created
+    return {"added": added, "already_present": present, "errors": errors}

@@ -1,0 +1,58 @@
+"""Every wire name, declared once: dialplan variables, contexts, AGI routes, Redis keys.
+
+The dialplan in `asterisk_conf/` uses the same names; a test checks they agree.
+"""
+
+from __future__ import annotations
+
+# --- dialplan channel variables (set by Originate, read by dialplan and AGI) ---
+VAR_ATTEMPT_ID = "OUTBOUND_ATTEMPT_ID"
+VAR_CAMPAIGN_ID = "OUTBOUND_CAMPAIGN_ID"
+VAR_CONTACT_ID = "OUTBOUND_CONTACT_ID"
+VAR_NUMBER = "OUTBOUND_NUMBER"
+VAR_TRUNK_DIAL = "OUTBOUND_TRUNK_DIAL"
+VAR_RING_TIMEOUT = "OUTBOUND_RING_TIMEOUT"
+VAR_AGENT = "OUTBOUND_AGENT"
+VAR_RESULT = "OUTBOUND_RESULT"
+
+# --- dialplan contexts (asterisk_conf/extensions_outbound.conf) ---
+CTX_DIAL = "outbound-dial"
+CTX_ANSWERED = "outbound-answered"
+CTX_AGENT = "outbound-agent"
+CTX_FEATURES = "outbound-features"
+CTX_SIM_CONTACTS = "sim-contacts"
+CTX_SIM_PHONES = "sim-phones"
+
+# --- ConfBridge profiles and names ---
+CONFBRIDGE_PROFILE = "outbound_agent_bridge"
+CONFBRIDGE_AGENT_USER = "outbound_agent_user"
+CONFBRIDGE_CONTACT_USER = "outbound_contact_user"
+
+
+def agent_bridge(agent_id: str) -> str:
+    """Name of an agent's own ConfBridge, where the desk phone waits for contacts."""
+    return f"outbound-agent-{agent_id}"
+
+
+# --- FastAGI routes ---
+AGI_CLASSIFY = "classify"
+AGI_FEATURES = "features"
+AGI_OPTOUT = "optout"
+
+# --- Redis keys (prefix keeps a shared Redis tidy) ---
+REDIS_PREFIX = "outbound:"
+
+
+def key_dial_queue(campaign_id: int) -> str:
+    return f"{REDIS_PREFIX}queue:{campaign_id}"
+
+
+def key_leases(campaign_id: int) -> str:
+    return f"{REDIS_PREFIX}leases:{campaign_id}"
+
+
+def key_commands(server: str) -> str:
+    return f"{REDIS_PREFIX}commands:{server}"
+
+
+KEY_EVENTS = f"{REDIS_PREFIX}events"
