@@ -66,7 +66,8 @@ def _errors(fn: F) -> F:
             from sqlalchemy.exc import SQLAlchemyError
 
             if isinstance(exc, SQLAlchemyError):
-                msg = str(exc.orig) if getattr(exc, "orig", None) else str(exc)
+                orig = getattr(exc, "orig", None)
+                msg = str(orig) if orig else str(exc)
                 raise click.ClickException(f"database error: {msg.splitlines()[0]}") from None
             raise
 

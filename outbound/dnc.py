@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 from .errors import Invalid
@@ -51,7 +51,7 @@ def matches(s: Session, e164s: Iterable[str], campaign_id: int | None) -> list[D
     nums = list(e164s)
     if not nums:
         return []
-    scope = DncEntry.campaign_id.is_(None)
+    scope: ColumnElement[bool] = DncEntry.campaign_id.is_(None)
     if campaign_id is not None:
         scope = or_(scope, DncEntry.campaign_id == campaign_id)
     return list(s.scalars(select(DncEntry).where(DncEntry.e164.in_(nums), scope)).all())

@@ -33,8 +33,16 @@ from outbound.model.db import current_revision
 from outbound.model.tables import Base
 
 TABLES = {
-    "campaigns", "contact_lists", "contacts", "phone_numbers", "call_attempts", "callbacks",
-    "agents", "agent_campaigns", "dnc_entries", "case_events",
+    "campaigns",
+    "contact_lists",
+    "contacts",
+    "phone_numbers",
+    "call_attempts",
+    "callbacks",
+    "agents",
+    "agent_campaigns",
+    "dnc_entries",
+    "case_events",
 }
 
 
@@ -62,15 +70,24 @@ def _seed(engine: Engine) -> tuple[int, int]:
         lst = ContactList(campaign_id=c.id, name="l1")
         s.add(lst)
         s.flush()
-        ct = Contact(campaign_id=c.id, list_id=lst.id, external_key="k1", name="Ann",
-                     timezone="Europe/Berlin", fields={"plan": "gold", "ünï": "çödé"})
+        ct = Contact(
+            campaign_id=c.id,
+            list_id=lst.id,
+            external_key="k1",
+            name="Ann",
+            timezone="Europe/Berlin",
+            fields={"plan": "gold", "ünï": "çödé"},
+        )
         s.add(ct)
         s.flush()
-        s.add_all([
-            PhoneNumber(contact_id=ct.id, e164="+49301234567", type=PhoneType.HOME, position=0),
-            PhoneNumber(contact_id=ct.id, e164="+491701234567", type=PhoneType.MOBILE,
-                        position=1),
-        ])
+        s.add_all(
+            [
+                PhoneNumber(contact_id=ct.id, e164="+49301234567", type=PhoneType.HOME, position=0),
+                PhoneNumber(
+                    contact_id=ct.id, e164="+491701234567", type=PhoneType.MOBILE, position=1
+                ),
+            ]
+        )
         return c.id, ct.id
 
 
@@ -81,16 +98,27 @@ def test_given_contact_then_fields_numbers_and_order_round_trip(engine: Engine) 
         assert ct is not None
         assert ct.fields == {"plan": "gold", "ünï": "çödé"}
         assert [(n.e164, n.type) for n in ct.numbers] == [
-            ("+49301234567", PhoneType.HOME), ("+491701234567", PhoneType.MOBILE)]
+            ("+49301234567", PhoneType.HOME),
+            ("+491701234567", PhoneType.MOBILE),
+        ]
 
 
 def test_given_aware_times_then_stored_and_returned_as_utc(engine: Engine) -> None:
     camp, ct = _seed(engine)
     due = datetime(2026, 3, 29, 1, 30, tzinfo=timezone(timedelta(hours=-5)))
     with transaction(session_factory(engine)) as s:
-        s.add(Callback(campaign_id=camp, contact_id=ct, due_at=due, personal=False,
-                       window_start=time(18, 0), window_end=time(19, 30),
-                       new_number="+4915112345678", new_number_type=PhoneType.MOBILE))
+        s.add(
+            Callback(
+                campaign_id=camp,
+                contact_id=ct,
+                due_at=due,
+                personal=False,
+                window_start=time(18, 0),
+                window_end=time(19, 30),
+                new_number="+4915112345678",
+                new_number_type=PhoneType.MOBILE,
+            )
+        )
     with transaction(session_factory(engine)) as s:
         cb = s.scalars(select(Callback)).one()
         assert cb.due_at == due and cb.due_at.tzinfo == UTC
@@ -108,12 +136,27 @@ def test_attempt_numbers_are_unique_per_contact(engine: Engine) -> None:
     camp, ct = _seed(engine)
     f = session_factory(engine)
     with transaction(f) as s:
-        s.add(CallAttempt(campaign_id=camp, contact_id=ct, attempt_no=1, e164="+49301234567",
-                          state=AttemptState.ENDED, result=CallResult.BUSY))
+        s.add(
+            CallAttempt(
+                campaign_id=camp,
+                contact_id=ct,
+                attempt_no=1,
+                e164="+49301234567",
+                state=AttemptState.ENDED,
+                result=CallResult.BUSY,
+            )
+        )
     with pytest.raises(IntegrityError):
         with transaction(f) as s:
-            s.add(CallAttempt(campaign_id=camp, contact_id=ct, attempt_no=1,
-                              e164="+49301234567", state=AttemptState.ENDED))
+            s.add(
+                CallAttempt(
+                    campaign_id=camp,
+                    contact_id=ct,
+                    attempt_no=1,
+                    e164="+49301234567",
+                    state=AttemptState.ENDED,
+                )
+            )
 
 
 def test_database_refuses_two_live_attempts_for_one_contact(engine: Engine) -> None:
@@ -126,8 +169,15 @@ def test_database_refuses_two_live_attempts_for_one_contact(engine: Engine) -> N
     assert len(a.id) == 36  # a UUID: it becomes the Originate ChannelId
     with pytest.raises(IntegrityError):
         with transaction(f) as s:
-            s.add(CallAttempt(campaign_id=camp, contact_id=ct, attempt_no=2,
-                              e164="+491701234567", state=AttemptState.RINGING))
+            s.add(
+                CallAttempt(
+                    campaign_id=camp,
+                    contact_id=ct,
+                    attempt_no=2,
+                    e164="+491701234567",
+                    state=AttemptState.RINGING,
+                )
+            )
     with transaction(f) as s:
         s.get(CallAttempt, a.id).state = AttemptState.ENDED  # type: ignore[union-attr]
         s.add(CallAttempt(campaign_id=camp, contact_id=ct, attempt_no=2, e164="+491701234567"))
