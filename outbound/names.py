@@ -13,11 +13,16 @@ VAR_NUMBER = "OUTBOUND_NUMBER"
 VAR_TRUNK_DIAL = "OUTBOUND_TRUNK_DIAL"
 VAR_RING_TIMEOUT = "OUTBOUND_RING_TIMEOUT"
 VAR_AGENT = "OUTBOUND_AGENT"
-VAR_RESULT = "OUTBOUND_RESULT"
+VAR_NEXT = "OUTBOUND_NEXT"  # set by the classify AGI: an extension of CTX_AFTER_CLASSIFY
+VAR_AGI_BASE = "OUTBOUND_AGI_BASE"
+VAR_ABANDON_PROMPT = "OUTBOUND_ABANDON_PROMPT"
 
 # --- dialplan contexts (asterisk_conf/extensions_outbound.conf) ---
 CTX_DIAL = "outbound-dial"
+CTX_DIAL_RESULT = "outbound-dial-result"
 CTX_ANSWERED = "outbound-answered"
+CTX_AFTER_CLASSIFY = "outbound-after-classify"
+CTX_CONNECT = "outbound-connect"
 CTX_AGENT = "outbound-agent"
 CTX_FEATURES = "outbound-features"
 CTX_SIM_CONTACTS = "sim-contacts"
@@ -27,6 +32,10 @@ CTX_SIM_PHONES = "sim-phones"
 CONFBRIDGE_PROFILE = "outbound_agent_bridge"
 CONFBRIDGE_AGENT_USER = "outbound_agent_user"
 CONFBRIDGE_CONTACT_USER = "outbound_contact_user"
+
+# --- UserEvents raised by the dialplan ---
+EVENT_DIAL_RESULT = "OutboundDialResult"
+EVENT_AGI_FAILED = "OutboundAgiFailed"
 
 
 def agent_bridge(agent_id: str) -> str:

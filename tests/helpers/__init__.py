@@ -1,0 +1,1 @@
+"""Test utilities: polling (`until`) and a tiny test-side AMI client (`ami`)."""
