@@ -652,7 +652,11 @@ def _sandbox(obj: Ctx, name: str) -> Any:
     from .sandbox import Sandbox
 
     cache = obj.config.get("sandbox", "cache_dir") or None
-    return Sandbox(cache_dir=Path(cache) if cache else None, name=name)
+    return Sandbox(
+        cache_dir=Path(cache) if cache else None,
+        name=name,
+        log=lambda m: click.echo(m, err=True),
+    )
 
 
 name_option = click.option(
