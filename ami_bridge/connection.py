@@ -142,7 +142,8 @@ class AmiConnection:
         self.connect_timeout = connect_timeout
         self.backoff_min, self.backoff_max = backoff
         self._backoff = self.backoff_min
-        self.ready = asyncio.Event()
+        self.ready = asyncio.Event()  # sends allowed (resync callbacks run in this state)
+        self.up = asyncio.Event()  # resync done: healthy
         self.healthy = False
         self.last_error = ""
         self.connects = 0  # successful logins so far (1 = first, >1 = reconnects)
@@ -193,7 +194,7 @@ class AmiConnection:
         self._spawn(self._health_loop())
         if wait is not None:
             try:
-                await asyncio.wait_for(self.ready.wait(), wait)
+                await asyncio.wait_for(self.up.wait(), wait)
             except TimeoutError:
                 raise AmiNotReady(
                     f"AMI {self.host}:{self.port} not ready after {wait:.0f} s: "
@@ -360,6 +361,7 @@ class AmiConnection:
         self.connects += 1
         self._backoff = self.backoff_min
         self.healthy = True
+        self.up.set()
         self.last_error = ""
         if self._connect_deadline is not None:
             self._connect_deadline.cancel()
@@ -378,6 +380,7 @@ class AmiConnection:
     def _mark_down(self, why: str) -> None:
         was = self.healthy or self.ready.is_set()
         self.ready.clear()
+        self.up.clear()
         self.healthy = False
         if was:
             log.warning("AMI %s:%s down: %s", self.host, self.port, why)

@@ -1,0 +1,337 @@
+"""Origination: commit the attempt, fire an async Originate with the attempt id as ChannelId,
+track the call from events, settle its result. Never awaits a call inline, never resends.
+
+An Originate whose answer is lost (connection cut, timeout) stays `originating` in the
+database; after every (re)connection the reconciler looks for its ChannelId among
+Asterisk's channels: found, it is tracked on; gone, it is settled as failed (the treatment
+decides whether and when a *new* attempt happens). It is never sent a second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from panoramisk.message import Message
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from outbound import names
+from outbound.campaigns.attempts import advance, create_attempt, settle
+from outbound.campaigns.results import dial_result
+from outbound.errors import Conflict
+from outbound.model import AttemptState, CallAttempt, CallResult, transaction
+from outbound.wire import channel_variable, check_value
+
+from .connection import AmiActionFailed, AmiConnection, AmiError, AmiNotReady
+
+log = logging.getLogger("ami_bridge.originator")
+
+ORIGINATE_PREFIX = "originate/"
+LIVE_STATES = (
+    AttemptState.ORIGINATING,
+    AttemptState.RINGING,
+    AttemptState.ANSWERED,
+    AttemptState.CONNECTED,
+)
+
+
+class Originator:
+    """Places and tracks the calls of one Asterisk server (`server` names it in the DB)."""
+
+    def __init__(
+        self,
+        ami: AmiConnection,
+        factory: sessionmaker[Session],
+        *,
+        server: str = "default",
+        trunk: str = "PJSIP/${NUMBER}@trunk",
+        ring_timeout: int = 30,
+        answered_context: str = names.CTX_ANSWERED,
+        answered_exten: str = "s",
+        originate_timeout: float = 10.0,
+        on_settled: Callable[[str, CallResult], Any] | None = None,
+    ) -> None:
+        self.ami = ami
+        self.factory = factory
+        self.server = server
+        self.trunk = trunk
+        self.ring_timeout = max(15, ring_timeout)
+        self.answered_context = answered_context
+        self.answered_exten = answered_exten
+        self.originate_timeout = originate_timeout
+        self.on_settled = on_settled
+        self._pending: dict[str, _Pending] = {}  # what is known of unanswered attempts
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._events: asyncio.Queue[Message] = asyncio.Queue()
+        ami.on_event("OriginateResponse", self._events.put_nowait)
+        ami.on_event("Hangup", self._events.put_nowait)
+        ami.on_event("Newstate", self._events.put_nowait)
+        ami.on_event("UserEvent", self._events.put_nowait)
+        ami.on_ready(self.reconcile)
+        self._worker: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.ensure_future(self._consume())
+
+    async def stop(self) -> None:
+        if self._worker:
+            self._worker.cancel()
+        for t in list(self._tasks):
+            t.cancel()
+
+    # ------------------------------------------------------------ dialing
+    async def dial(
+        self,
+        contact_id: int,
+        *,
+        e164: str | None = None,
+        agent_id: str | None = None,
+        caller_id: str | None = None,
+        trunk: str | None = None,
+        variables: dict[str, str] | None = None,
+        audit: dict[str, Any] | None = None,
+    ) -> str:
+        """Commit an attempt and fire its Originate; return the attempt id at once.
+
+        Refused (AmiNotReady, nothing written) while AMI is not healthy: dialing pauses."""
+        if not self.ami.healthy:
+            raise AmiNotReady(f"not dialing contact {contact_id}: AMI not healthy")
+        dial_trunk = trunk or self.trunk
+        # Values are checked before the row is written: bad input changes nothing.
+        extra = [channel_variable(k, v) for k, v in (variables or {}).items()]
+        channel_variable(names.VAR_TRUNK_DIAL, dial_trunk)
+        if caller_id is not None:
+            check_value("CallerID", caller_id, max_len=80)
+        if e164 is not None:
+            check_value("number", e164, max_len=20)
+
+        def commit() -> tuple[str, str]:
+            with transaction(self.factory) as s:
+                a = create_attempt(
+                    s,
+                    contact_id,
+                    e164=e164,
+                    server=self.server,
+                    trunk=dial_trunk,
+                    caller_id=caller_id,
+                    agent_id=agent_id,
+                    audit=audit,
+                )
+                return a.id, a.e164
+
+        attempt_id, number = await asyncio.to_thread(commit)
+        fields: dict[str, Any] = {
+            "ActionID": ORIGINATE_PREFIX + attempt_id,
+            "Channel": f"Local/{number}@{names.CTX_DIAL}",
+            "Context": self.answered_context,
+            "Exten": self.answered_exten,
+            "Priority": "1",
+            "Async": "true",
+            "ChannelId": attempt_id,
+            "Timeout": str((self.ring_timeout + 10) * 1000),
+            "Variable": [
+                channel_variable(names.VAR_ATTEMPT_ID, attempt_id),
+                channel_variable(names.VAR_TRUNK_DIAL, dial_trunk),
+                channel_variable(names.VAR_RING_TIMEOUT, self.ring_timeout),
+                *([channel_variable(names.VAR_AGENT, agent_id)] if agent_id else []),
+                *extra,
+            ],
+        }
+        if caller_id:
+            fields["CallerID"] = caller_id
+        task = asyncio.ensure_future(self._fire(attempt_id, fields))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return attempt_id
+
+    async def _fire(self, attempt_id: str, fields: dict[str, Any]) -> None:
+        try:
+            await self.ami.send("Originate", fields, timeout=self.originate_timeout)
+        except AmiActionFailed as exc:
+            # Asterisk refused it outright: nothing was dialed.
+            await self._settle(attempt_id, CallResult.FAILED, note=f"refused: {exc}")
+        except AmiNotReady as exc:
+            # Not written to the socket at all: nothing was dialed.
+            await self._settle(attempt_id, CallResult.CANCELLED, note=f"not sent: {exc}")
+        except AmiError as exc:
+            # Lost or late answer: it may be ringing now. The reconciler settles it.
+            log.warning(
+                "attempt %s: Originate answer lost (%s); left to the reconciler", attempt_id, exc
+            )
+
+    # ------------------------------------------------------------ tracking
+    async def _consume(self) -> None:
+        while True:
+            msg = await self._events.get()
+            try:
+                await self._handle(msg)
+            except Exception:
+                log.exception("event %s not handled", msg.get("Event"))
+
+    async def _handle(self, msg: Message) -> None:
+        ev = msg.get("Event")
+        log.debug("event %s %s %s", ev, msg.get("Uniqueid"), msg.get("UserEvent", ""))
+        if ev == "UserEvent" and msg.get("UserEvent") == names.EVENT_DIAL_RESULT:
+            p = self._pending.setdefault(msg.get("AttemptId", ""), _Pending())
+            p.status, p.cause = msg.get("DialStatus", ""), _int(msg.get("HangupCause"))
+            await self._try_settle_unanswered(msg.get("AttemptId", ""))
+        elif ev == "OriginateResponse":
+            action_id = msg.get("ActionID", "")
+            if not action_id.startswith(ORIGINATE_PREFIX):
+                return
+            aid = action_id[len(ORIGINATE_PREFIX) :]
+            if msg.get("Response") == "Success":
+                self._pending.pop(aid, None)
+                await self._advance(aid, "answer")
+            else:
+                self._pending.setdefault(aid, _Pending()).reason = _int(msg.get("Reason"))
+                await self._try_settle_unanswered(aid)
+                self._later(aid)
+        elif ev == "Newstate" and msg.get("ChannelStateDesc") == "Ringing":
+            if msg.get("Uniqueid") and await self._is_ours(msg["Uniqueid"]):
+                await self._advance(msg["Uniqueid"], "ring")
+        elif ev == "Hangup":
+            uid = msg.get("Uniqueid", "")
+            cause = _int(msg.get("Cause"))
+            if uid.endswith(";2") and await self._is_ours(uid[:-2]):
+                # The dialing half is gone: its OutboundDialResult came before this.
+                p = self._pending.setdefault(uid[:-2], _Pending())
+                p.half2_gone, p.cause = True, p.cause or cause
+                await self._try_settle_unanswered(uid[:-2])
+            elif uid and await self._is_ours(uid):
+                await self._settle_on_hangup(uid, cause)
+
+    def _later(self, aid: str, delay: float = 2.0) -> None:
+        """Events of the two halves of a Local channel can arrive in either order; settle
+        with what is known if the rest has not come within `delay`."""
+
+        async def fallback() -> None:
+            await asyncio.sleep(delay)
+            await self._try_settle_unanswered(aid, final=True)
+
+        t = asyncio.ensure_future(fallback())
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def _try_settle_unanswered(self, aid: str, final: bool = False) -> None:
+        p = self._pending.get(aid)
+        if p is None:
+            return
+        complete = p.reason is not None and (bool(p.status) or p.half2_gone)
+        if not (complete or final):
+            return
+        self._pending.pop(aid, None)
+        result = dial_result(reason=p.reason, dial_status=p.status or None, cause=p.cause)
+        await self._settle(aid, result, cause=p.cause)
+
+    async def _is_ours(self, uid: str) -> bool:
+        if len(uid) != 36:  # our ChannelIds are UUIDs; Asterisk's own look like 1795.12
+            return False
+
+        def q() -> bool:
+            with self.factory() as s:
+                return s.get(CallAttempt, uid) is not None
+
+        return await asyncio.to_thread(q)
+
+    async def _advance(self, attempt_id: str, event: str) -> None:
+        def run() -> None:
+            with transaction(self.factory) as s:
+                a = s.get(CallAttempt, attempt_id)
+                if a is not None:
+                    try:
+                        advance(a, event)
+                    except Conflict as exc:
+                        log.warning("%s", exc)
+
+        await asyncio.to_thread(run)
+
+    async def _settle_on_hangup(self, attempt_id: str, cause: int | None) -> None:
+        def run() -> tuple[bool | None, CallResult]:
+            with transaction(self.factory) as s:
+                a = s.get(CallAttempt, attempt_id)
+                if a is None or a.state is AttemptState.ENDED:
+                    return False, CallResult.FAILED
+                if a.state is AttemptState.CONNECTED:
+                    result = CallResult.ANSWERED
+                elif a.state is AttemptState.ANSWERED:
+                    # Answered but never connected: the classifier's result if it set one.
+                    result = a.result or CallResult.HANGUP
+                else:
+                    return None, CallResult.FAILED  # not answered: the dial result decides
+                return settle(s, attempt_id, result, cause=cause), result
+
+        done, result = await asyncio.to_thread(run)
+        if done is None:
+            p = self._pending.setdefault(attempt_id, _Pending())
+            p.cause = p.cause or cause
+            await self._try_settle_unanswered(attempt_id)
+            self._later(attempt_id)
+        elif done and self.on_settled:
+            self.on_settled(attempt_id, result)
+
+    async def _settle(
+        self, attempt_id: str, result: CallResult, *, cause: int | None = None, note: str = ""
+    ) -> None:
+        def run() -> bool:
+            with transaction(self.factory) as s:
+                return settle(s, attempt_id, result, cause=cause, note=note)
+
+        if await asyncio.to_thread(run):
+            log.info("attempt %s settled: %s", attempt_id, result.value)
+            if self.on_settled:
+                self.on_settled(attempt_id, result)
+
+    # ------------------------------------------------------------ reconciliation
+    async def reconcile(self) -> None:
+        """After every (re)connection: look for each live attempt of this server among
+        Asterisk's channels by its ChannelId; settle the ones that are gone."""
+        channels = await self.ami.send_list("CoreShowChannels", timeout=10)
+        present = {c.get("Uniqueid") for c in channels} | {c.get("Linkedid") for c in channels}
+
+        def run() -> list[tuple[str, CallResult]]:
+            settled = []
+            with transaction(self.factory) as s:
+                live = s.scalars(
+                    select(CallAttempt).where(
+                        CallAttempt.server == self.server, CallAttempt.state.in_(LIVE_STATES)
+                    )
+                ).all()
+                for a in live:
+                    if a.id in present:
+                        continue
+                    result = (
+                        CallResult.ANSWERED
+                        if a.state is AttemptState.CONNECTED
+                        else (a.result or CallResult.FAILED)
+                    )
+                    if settle(s, a.id, result, note="gone after AMI reconnect"):
+                        settled.append((a.id, result))
+            return settled
+
+        for aid, result in await asyncio.to_thread(run):
+            log.warning(
+                "attempt %s not found in Asterisk after reconnect: settled %s", aid, result.value
+            )
+            if self.on_settled:
+                self.on_settled(aid, result)
+
+
+@dataclass
+class _Pending:
+    reason: int | None = None  # OriginateResponse Reason (failure)
+    status: str = ""  # DIALSTATUS from OutboundDialResult
+    cause: int | None = None
+    half2_gone: bool = False
+
+
+def _int(v: Any) -> int | None:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
