@@ -642,6 +642,40 @@ def dnc_check(obj: Ctx, number: str, campaign_name: str | None, as_json: bool) -
         sys.exit(3)
 
 
+# ---------------------------------------------------------------- run
+@main.group()
+def run() -> None:
+    """Run the dialer's processes on a real PBX (each in the foreground)."""
+
+
+@run.command("bridge")
+@click.pass_obj
+@_errors
+def run_bridge(obj: Ctx) -> None:
+    """The AMI bridge for [dialer] server: originates, tracks and controls calls."""
+    import asyncio
+    import logging
+    import signal
+
+    import redis.asyncio as aredis
+
+    from ami_bridge.service import Bridge
+
+    logging.basicConfig(
+        level=obj.config.get("log", "level"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    async def go() -> None:
+        bridge = Bridge(obj.config, obj.factory, aredis.Redis.from_url(obj.config.redis_url))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, bridge.stop)
+        await bridge.run()
+
+    asyncio.run(go())
+
+
 # ---------------------------------------------------------------- sandbox
 @main.group()
 def sandbox() -> None:
