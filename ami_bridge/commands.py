@@ -18,14 +18,13 @@ from outbound.commands import DONE_TTL_S, GROUP, REPLY_TTL_S, Command, done_key,
 from outbound.errors import OutboundError
 
 from .connection import AmiError
+from .control import NoSuchCall
+
+__all__ = ["CommandConsumer", "NoSuchCall"]
 
 log = logging.getLogger("ami_bridge.commands")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
-
-
-class NoSuchCall(OutboundError):
-    """The command names a call (or session) this bridge does not have (any more)."""
 
 
 class CommandConsumer:

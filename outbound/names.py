@@ -65,3 +65,12 @@ def key_commands(server: str) -> str:
 
 
 KEY_EVENTS = f"{REDIS_PREFIX}events"
+
+
+# --- call actions (ami_bridge/control.py; contexts in extensions_outbound.conf) ---
+CTX_HOLD = "outbound-hold"  # a held contact hears music on hold here
+CTX_TRANSFER = "outbound-transfer"  # blind transfer: the contact dials the target
+CTX_TARGET_DIAL = "outbound-target-dial"  # a third party's leg, originated into the agent
+CTX_PAIR = "outbound-pair"  # consultation completed as a transfer: target + contact
+VAR_TARGET_DIAL = "OUTBOUND_TARGET_DIAL"  # dial template of a target (${NUMBER} inside)
+VAR_PEER = "OUTBOUND_PEER"  # channel name the target bridges with in CTX_PAIR

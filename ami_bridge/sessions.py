@@ -1,0 +1,311 @@
+"""Agent sessions: the desk phone in the agent's personal ConfBridge for the whole session.
+
+Log in = AMI Originate of the phone (`PJSIP/1001`, or `Local/1001@sim-phones` in the
+sandbox) into `outbound-agent,<agent id>` with a ChannelId of ours; the phone answering
+and joining `outbound-agent-<agent id>` (ConfbridgeJoin with that Uniqueid) = session up.
+The session ends when that channel leaves the conference or hangs up (the agent put the
+phone down, logged out, or Asterisk dropped it): `on_session_end(agent_id, reason)` is
+called once, so the caller can mark the agent not ready. Log out = AMI Hangup of it.
+
+Per-session state machine: logging_in --joined--> up --logout--> logging_out --hangup-->
+ended; up --left--> away (out of the conference: no calls) --joined--> up; a hangup ends
+every state. A ConfbridgeLeave alone does not end the session: the phone leg's hangup
+follows it at once (outbound-agent hangs up after ConfBridge) and says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from panoramisk.message import Message
+
+from ami_bridge import actions
+from ami_bridge.actions import NoSuchChannel
+from ami_bridge.connection import AmiConnection, AmiError
+from ami_bridge.control import StateMachine
+from outbound import names
+from outbound.errors import Conflict, Invalid, OutboundError
+
+log = logging.getLogger("ami_bridge.sessions")
+
+AGENT_ID = re.compile(r"^[0-9]{2,12}$")  # as outbound.agents: typed on a phone keypad
+# A channel to originate: technology/resource (PJSIP/1001, Local/1001@sim-phones).
+PHONE = re.compile(r"^[A-Za-z][A-Za-z0-9]*/[A-Za-z0-9_.@+-]{1,76}$")
+
+
+class SessionState(StrEnum):
+    LOGGING_IN = "logging_in"  # the phone is being called
+    UP = "up"  # the phone is in the agent's conference
+    AWAY = "away"  # the phone left the conference but is still up (no calls)
+    LOGGING_OUT = "logging_out"  # we hung it up, waiting for Asterisk to confirm
+    ENDED = "ended"
+
+
+class SessionEvent(StrEnum):
+    JOINED = "joined"  # ConfbridgeJoin of the session's channel
+    FAILED = "failed"  # OriginateResponse Failure: the phone did not answer
+    LEFT = "left"  # ConfbridgeLeave of the session's channel
+    HANGUP = "hangup"  # Hangup of the session's channel
+    LOGOUT = "logout"
+
+
+_S, _E = SessionState, SessionEvent
+SESSION_TRANSITIONS: dict[tuple[SessionState, SessionEvent], SessionState] = {
+    (_S.LOGGING_IN, _E.JOINED): _S.UP,
+    (_S.LOGGING_IN, _E.FAILED): _S.ENDED,
+    (_S.LOGGING_IN, _E.HANGUP): _S.ENDED,
+    (_S.LOGGING_IN, _E.LOGOUT): _S.LOGGING_OUT,
+    (_S.UP, _E.LEFT): _S.AWAY,
+    (_S.UP, _E.HANGUP): _S.ENDED,
+    (_S.UP, _E.LOGOUT): _S.LOGGING_OUT,
+    (_S.AWAY, _E.JOINED): _S.UP,
+    (_S.AWAY, _E.HANGUP): _S.ENDED,
+    (_S.AWAY, _E.LOGOUT): _S.LOGGING_OUT,
+    (_S.LOGGING_OUT, _E.JOINED): _S.LOGGING_OUT,
+    (_S.LOGGING_OUT, _E.LEFT): _S.LOGGING_OUT,
+    (_S.LOGGING_OUT, _E.HANGUP): _S.ENDED,
+    (_S.LOGGING_OUT, _E.FAILED): _S.ENDED,
+}
+SESSION_TERMINAL = frozenset({_S.ENDED})
+
+# Why a login call failed: OriginateResponse Reason, or the Hangup Cause (Q.850).
+_FAILED_REASON = {"0": "failed", "1": "rejected", "3": "no_answer", "5": "busy", "8": "congestion"}
+_CAUSE_REASON = {"17": "busy", "18": "no_answer", "19": "no_answer", "21": "rejected"}
+_GRACE = 2.0  # how long an unexplained hangup waits for its OriginateResponse
+
+
+class SessionError(OutboundError):
+    """A login or logout could not be done; the message says why."""
+
+
+class AlreadyLoggedIn(SessionError, Conflict):
+    """The agent has a live session already."""
+
+
+class NotLoggedIn(SessionError, Conflict):
+    """The agent has no live session."""
+
+
+def session_machine(agent_id: str, initial: SessionState = _S.LOGGING_IN) -> StateMachine[Any, Any]:
+    return StateMachine(f"session {agent_id}", initial, SESSION_TRANSITIONS, SESSION_TERMINAL)
+
+
+@dataclass(eq=False)
+class AgentSession:
+    agent_id: str
+    phone: str  # what was originated (PJSIP/1001)
+    channel_id: str  # our ChannelId = the Uniqueid of the phone's leg
+    machine: StateMachine[Any, Any]
+    channel: str = ""  # the channel's name, once Asterisk told it
+    started: float = field(default_factory=time.time)
+    up_since: float | None = None
+    end_reason: str | None = None
+    _up: asyncio.Event = field(default_factory=asyncio.Event)
+    _ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def state(self) -> SessionState:
+        return SessionState(self.machine.state)
+
+
+SessionEndHook = Callable[[str, str], Any]
+
+
+class AgentSessions:
+    """Agent sessions on one Asterisk, tracked from AMI events (read=call suffices).
+
+    `on_session_end(agent_id, reason)` (sync or async) runs once per session; reasons:
+    "phone_hangup", "logout", "lost" (gone after a reconnect), or a failed login's
+    "no_answer", "busy", "rejected", "congestion", "failed"."""
+
+    def __init__(
+        self,
+        conn: AmiConnection,
+        *,
+        on_session_end: SessionEndHook | None = None,
+        answer_timeout: float = 30.0,
+        caller_id: str = "Outbound login",
+    ) -> None:
+        self.conn, self.on_session_end = conn, on_session_end
+        self.answer_timeout, self.caller_id = answer_timeout, caller_id
+        self._sessions: dict[str, AgentSession] = {}
+        self._by_channel: dict[str, AgentSession] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def attach(self) -> None:
+        """Follow the events of the session channels; resync after reconnects."""
+        for name in ("OriginateResponse", "ConfbridgeJoin", "ConfbridgeLeave", "Hangup"):
+            self.conn.on_event(name, self._on_event)
+        self.conn.on_ready(self.resync)
+
+    # ------------------------------------------------------------ public API
+    async def login(self, agent_id: str, phone: str) -> AgentSession:
+        """Log in: AMI Originate of the agent's phone into `outbound-agent,<agent id>`.
+        Returns at once (state logging_in); `wait_up` waits for the phone to be in the
+        conference. Raises Invalid for a bad agent id / phone, AlreadyLoggedIn, and the
+        AmiError of a refused Originate (the session is then ended, reason "failed")."""
+        if not AGENT_ID.match(agent_id):
+            raise Invalid(f"agent id {agent_id!r} must be 2-12 digits")
+        if not PHONE.match(phone):
+            raise Invalid(f"phone {phone!r} is not a channel like PJSIP/1001")
+        old = self._sessions.get(agent_id)
+        if old is not None and not old.machine.terminal:
+            raise AlreadyLoggedIn(f"agent {agent_id} is already logged in ({old.state})")
+        sess = AgentSession(
+            agent_id, phone, f"agent-{agent_id}-{uuid.uuid4()}", session_machine(agent_id)
+        )
+        self._sessions[agent_id] = self._by_channel[sess.channel_id] = sess
+        log.info("session %s: calling %s (channel id %s)", agent_id, phone, sess.channel_id)
+        try:
+            await actions.originate(
+                self.conn,
+                phone,
+                context=names.CTX_AGENT,
+                exten=agent_id,
+                channel_id=sess.channel_id,
+                variables={names.VAR_AGENT: agent_id},
+                timeout_ms=int(self.answer_timeout * 1000),
+                caller_id=f'"{self.caller_id}" <{agent_id}>',
+            )
+        except AmiError:
+            self._apply(sess, SessionEvent.FAILED, "failed")
+            raise
+        return sess
+
+    async def wait_up(self, agent_id: str, timeout: float | None = None) -> AgentSession:
+        """Wait until the session is up; SessionError if it ended first (with the reason),
+        TimeoutError past `timeout` (default: the answer timeout and a little more)."""
+        sess = self._get(agent_id)
+        up, ended = (
+            asyncio.ensure_future(sess._up.wait()),
+            asyncio.ensure_future(sess._ended.wait()),
+        )
+        try:
+            await asyncio.wait(
+                {up, ended},
+                timeout=timeout if timeout is not None else self.answer_timeout + 5,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            up.cancel()
+            ended.cancel()
+        if sess.state is SessionState.UP:
+            return sess
+        if sess.machine.terminal:
+            raise SessionError(f"agent {agent_id}: login failed ({sess.end_reason})")
+        raise TimeoutError(f"agent {agent_id}: phone not in the conference yet ({sess.state})")
+
+    async def logout(self, agent_id: str) -> None:
+        """Log out: AMI Hangup of the agent's phone leg; the session ends (reason
+        "logout") when Asterisk reports the hangup. NotLoggedIn if there is no session."""
+        sess = self._sessions.get(agent_id)
+        if sess is None or sess.machine.terminal:
+            raise NotLoggedIn(f"agent {agent_id} is not logged in")
+        if sess.state is not SessionState.LOGGING_OUT:
+            sess.machine.fire(SessionEvent.LOGOUT)
+        try:
+            await actions.hangup(self.conn, sess.channel_id)
+        except NoSuchChannel:  # already gone (its Hangup event may be lost): ended anyway
+            self._apply(sess, SessionEvent.HANGUP, "logout")
+
+    async def wait_ended(self, agent_id: str, timeout: float = 10.0) -> AgentSession:
+        sess = self._get(agent_id)
+        await asyncio.wait_for(sess._ended.wait(), timeout)
+        return sess
+
+    def session_state(self, agent_id: str) -> SessionState | None:
+        """The agent's session state; None if the agent never logged in here."""
+        sess = self._sessions.get(agent_id)
+        return sess.state if sess is not None else None
+
+    def session(self, agent_id: str) -> AgentSession | None:
+        return self._sessions.get(agent_id)
+
+    def active(self) -> list[AgentSession]:
+        return [s for s in self._sessions.values() if not s.machine.terminal]
+
+    async def resync(self) -> None:
+        """After a (re)connection events may have been missed: AMI Status of every live
+        session's channel; a missing one ends the session ("lost")."""
+        for sess in self.active():
+            try:
+                st = await actions.status(self.conn, sess.channel_id)
+            except NoSuchChannel:
+                self._apply(sess, SessionEvent.HANGUP, "lost")
+                continue
+            conference = str(st.get("Data", "")).split(",")[0]
+            if sess.state is SessionState.LOGGING_IN and conference == names.agent_bridge(
+                sess.agent_id
+            ):
+                self._apply(sess, SessionEvent.JOINED, "")
+
+    # ------------------------------------------------------------ events
+    def _get(self, agent_id: str) -> AgentSession:
+        sess = self._sessions.get(agent_id)
+        if sess is None:
+            raise NotLoggedIn(f"agent {agent_id} has no session")
+        return sess
+
+    def _on_event(self, msg: Message) -> None:
+        sess = self._by_channel.get(str(msg.get("Uniqueid", "")))
+        if sess is None or sess.machine.terminal:
+            return
+        name = msg.get("Event")
+        if msg.get("Channel"):
+            sess.channel = str(msg.get("Channel"))
+        if name == "OriginateResponse":
+            if msg.get("Response") == "Failure":
+                self._apply(
+                    sess, SessionEvent.FAILED, _FAILED_REASON.get(str(msg.get("Reason")), "failed")
+                )
+        elif name in ("ConfbridgeJoin", "ConfbridgeLeave"):
+            if msg.get("Conference") == names.agent_bridge(sess.agent_id):
+                event = SessionEvent.JOINED if name == "ConfbridgeJoin" else SessionEvent.LEFT
+                self._apply(sess, event, "")
+        elif name == "Hangup" and sess.state is SessionState.LOGGING_IN:
+            reason = _CAUSE_REASON.get(str(msg.get("Cause")))
+            if reason is None:  # cause 0: the OriginateResponse that follows says why
+                loop = asyncio.get_running_loop()
+                loop.call_later(_GRACE, self._apply, sess, SessionEvent.HANGUP, "failed")
+            else:
+                self._apply(sess, SessionEvent.HANGUP, reason)
+        elif name == "Hangup":
+            self._apply(sess, SessionEvent.HANGUP, "phone_hangup")
+
+    def _apply(self, sess: AgentSession, event: SessionEvent, reason: str) -> None:
+        if not sess.machine.can(event):
+            log.debug("session %s: %s ignored while %s", sess.agent_id, event, sess.state)
+            return
+        if sess.state is SessionState.LOGGING_OUT:
+            reason = "logout"
+        new = sess.machine.fire(event)
+        if new is SessionState.UP:
+            sess.up_since = time.time()
+            sess._up.set()
+        elif new is SessionState.ENDED:
+            sess.end_reason = reason
+            self._by_channel.pop(sess.channel_id, None)
+            sess._ended.set()
+            log.info("session %s: ended (%s)", sess.agent_id, reason)
+            self._notify_end(sess.agent_id, reason)
+
+    def _notify_end(self, agent_id: str, reason: str) -> None:
+        if self.on_session_end is None:
+            return
+        try:
+            res = self.on_session_end(agent_id, reason)
+            if inspect.isawaitable(res):
+                task = asyncio.ensure_future(res)
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        except Exception:
+            log.exception("on_session_end hook failed for agent %s", agent_id)
