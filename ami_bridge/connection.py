@@ -86,9 +86,12 @@ class _NoResendManager(Manager):
 
     def connection_made(self, f: asyncio.Future[Any]) -> None:
         try:
-            f.result()
-        except OSError as exc:
+            transport, _protocol = f.result()
+        except (OSError, asyncio.CancelledError) as exc:  # cancelled: the connect deadline
             self.owner._on_connect_failed(exc)
+            return
+        if self.owner._closing:  # closed while this attempt was connecting
+            transport.close()
             return
         super().connection_made(f)
         if self.pinger is not None:
@@ -302,12 +305,15 @@ class AmiConnection:
             return
         self.last_error = "connect/login timed out"
         log.warning("AMI %s:%s: %s", self.host, self.port, self.last_error)
-        task.cancel()
-        m = self._manager
-        if m is not None and m.protocol is not None:
-            m.protocol.transport.abort()  # -> connection_lost -> reconnect with back-off
-        else:
-            self._schedule_reconnect()
+        if not task.done():
+            # Still connecting (a frozen peer with a full accept queue drops SYNs): the
+            # cancellation reaches connection_made, which reconnects with back-off.
+            task.cancel()
+        elif not task.cancelled() and task.exception() is None:
+            # Connected, login unanswered: abort this attempt's own transport (not
+            # m.protocol, which may still be the previous, closed connection).
+            transport, _protocol = task.result()
+            transport.abort()  # -> connection_lost -> reconnect with back-off
 
     def _schedule_reconnect(self) -> None:
         if self._closing:
@@ -317,8 +323,10 @@ class AmiConnection:
         log.info("AMI %s:%s: reconnecting in %.1f s", self.host, self.port, delay)
         asyncio.get_running_loop().call_later(delay, self._connect)
 
-    def _on_connect_failed(self, exc: OSError) -> None:
-        self.last_error = f"cannot connect: {exc.strerror or exc}"
+    def _on_connect_failed(self, exc: BaseException) -> None:
+        self._cancel_connect_deadline()
+        if isinstance(exc, OSError):  # else cancelled by the deadline, which said so
+            self.last_error = f"cannot connect: {exc.strerror or exc}"
         self._mark_down(self.last_error)
         self._schedule_reconnect()
 
@@ -363,15 +371,22 @@ class AmiConnection:
         self.healthy = True
         self.up.set()
         self.last_error = ""
-        if self._connect_deadline is not None:
-            self._connect_deadline.cancel()
+        self._cancel_connect_deadline()
         log.info("AMI %s:%s ready (connection #%d)", self.host, self.port, self.connects)
 
     def _shutdown_event(self, _m: Manager, msg: Message) -> None:
         self.last_error = f"Asterisk shutting down ({msg.get('Restart', '')})"
         self._mark_down(self.last_error)
 
+    def _cancel_connect_deadline(self) -> None:
+        # The deadline guards one attempt; once that attempt has ended it must not fire
+        # during the back-off (it would start a second reconnect chain).
+        if self._connect_deadline is not None:
+            self._connect_deadline.cancel()
+            self._connect_deadline = None
+
     def _on_disconnect(self, exc: Any) -> None:
+        self._cancel_connect_deadline()
         self._logged_in = False
         self._booted = False
         self._mark_down(self.last_error or f"connection lost: {exc}")
@@ -395,16 +410,20 @@ class AmiConnection:
         down (reconnect follows), so a frozen Asterisk is noticed within two intervals."""
         while not self._closing:
             await asyncio.sleep(self.ping_interval)
-            if not self.ready.is_set():
+            m = self._manager
+            if not self.ready.is_set() or m is None:
                 continue
+            proto = m.protocol
             try:
                 await self.send("Ping", timeout=self.ping_interval)
                 self.last_pong = time.monotonic()
             except AmiNotReady:
                 continue
             except AmiError as exc:
+                if proto is None or proto.closed or m.protocol is not proto:
+                    # That connection is already gone (and being replaced): a Ping lost
+                    # with it must not tear down the new one.
+                    continue
                 self.last_error = f"ping unanswered: {exc}"
                 self._mark_down(self.last_error)
-                m = self._manager
-                if m is not None and m.protocol is not None:
-                    m.protocol.transport.abort()
+                proto.transport.abort()

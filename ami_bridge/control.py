@@ -212,7 +212,7 @@ class CallControl:
         try:
             return self._calls[interaction_id]
         except KeyError:
-            raise CallControlError(f"no interaction {interaction_id!r}") from None
+            raise NoSuchCall(f"no interaction {interaction_id!r}") from None
 
     def forget(self, interaction_id: str) -> None:
         """Drop a finished interaction (after Mark done)."""

@@ -95,6 +95,8 @@ class Originator:
         trunk: str | None = None,
         variables: dict[str, str] | None = None,
         audit: dict[str, Any] | None = None,
+        context: str | None = None,
+        exten: str | None = None,
     ) -> str:
         """Commit an attempt and fire its Originate; return the attempt id at once.
 
@@ -128,8 +130,8 @@ class Originator:
         fields: dict[str, Any] = {
             "ActionID": ORIGINATE_PREFIX + attempt_id,
             "Channel": f"Local/{number}@{names.CTX_DIAL}",
-            "Context": self.answered_context,
-            "Exten": self.answered_exten,
+            "Context": context or self.answered_context,
+            "Exten": exten or self.answered_exten,
             "Priority": "1",
             "Async": "true",
             "ChannelId": attempt_id,

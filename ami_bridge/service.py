@@ -12,13 +12,18 @@ from typing import Any
 import redis.asyncio as aredis
 from sqlalchemy.orm import Session, sessionmaker
 
-from outbound import names
+from outbound import live, names
+from outbound.agents import get_agent
 from outbound.config import Config
+from outbound.errors import Conflict, NotFound
+from outbound.model import CallAttempt
 
 from .commands import CommandConsumer, NoSuchCall
 from .connection import AmiConnection
+from .control import CallControl, DialTemplates, Interaction
 from .originator import Originator
 from .rights import ensure_least_privilege
+from .sessions import AgentSessions
 
 log = logging.getLogger("ami_bridge.service")
 
@@ -56,17 +61,117 @@ class Bridge:
             trunk=config.get("dialer", "trunk"),
             ring_timeout=config.get("dialer", "ring_timeout"),
         )
+        self.factory = factory
+        self.control = CallControl(
+            self.ami,
+            DialTemplates(
+                internal=config.get("dialer", "internal"),
+                trunk=config.get("dialer", "trunk"),
+                ring_timeout=min(300, int(config.get("dialer", "ring_timeout"))),
+            ),
+        )
+        self.control.attach()
+        self.sessions = AgentSessions(self.ami, on_session_end=self._session_end)
+        self.sessions.attach()
         self.commands = CommandConsumer(redis, self.server, consumer)
-        self.commands.register("dial", self._dial)
-        self.commands.register("end", self._end)
+        for kind, handler in {
+            "dial": self._dial,
+            "end": self._end,
+            "login": self._login,
+            "logout": self._logout,
+            "hold": self._call_action("hold"),
+            "resume": self._call_action("resume"),
+            "transfer": self._call_action("transfer", "target"),
+            "conference": self._call_action("conference", "target"),
+            "dtmf": self._call_action("send_dtmf", "digits"),
+            "consult_start": self._call_action("consult", "target"),
+            "consult_cancel": self._call_action("cancel_consult"),
+            "consult_transfer": self._call_action("complete_transfer"),
+            "consult_conference": self._call_action("complete_conference"),
+        }.items():
+            self.commands.register(kind, handler)
         self._stop = asyncio.Event()
 
+    # ------------------------------------------------------------ agent sessions
+    async def _login(self, args: dict[str, Any]) -> dict[str, Any]:
+        agent_id = str(args["agent_id"])
+
+        def phone() -> str:
+            with self.factory() as s:
+                return get_agent(s, agent_id).extension
+
+        ext = await asyncio.to_thread(phone)
+        await self.redis.hset(
+            live.agent_key(agent_id), mapping=live.agent_fields("logging_in", ready=False)
+        )
+        await self.sessions.login(agent_id, ext)
+        sess = await self.sessions.wait_up(agent_id, timeout=float(args.get("timeout", 30)))
+        await self.redis.hset(
+            live.agent_key(agent_id), mapping=live.agent_fields("up", ready=False, reason="login")
+        )
+        return {"agent_id": agent_id, "channel_id": sess.channel_id}
+
+    async def _logout(self, args: dict[str, Any]) -> dict[str, Any]:
+        agent_id = str(args["agent_id"])
+        await self.sessions.logout(agent_id)
+        await self.sessions.wait_ended(agent_id)
+        return {"agent_id": agent_id}
+
+    async def _session_end(self, agent_id: str, reason: str) -> None:
+        """The phone hung up (or login failed, or logout): the agent is not ready."""
+        await self.redis.hset(
+            live.agent_key(agent_id), mapping=live.agent_fields("ended", ready=False, reason=reason)
+        )
+        log.info("agent %s session ended (%s): not ready", agent_id, reason)
+
+    # ------------------------------------------------------------ call actions
+    async def _interaction(self, args: dict[str, Any]) -> Interaction:
+        """The agent's interaction for this attempt; an agent acts only on their own."""
+        attempt_id, agent_id = str(args["attempt_id"]), str(args["agent_id"])
+        try:
+            ix = self.control.get(attempt_id)
+        except NoSuchCall:
+
+            def owner() -> str | None:
+                with self.factory() as s:
+                    a = s.get(CallAttempt, attempt_id)
+                    if a is None:
+                        raise NotFound(f"call {attempt_id} does not exist")
+                    return a.agent_id
+
+            if await asyncio.to_thread(owner) != agent_id:
+                raise Conflict(f"call {attempt_id} is not agent {agent_id}'s") from None
+            ix = await self.control.open(agent_id, attempt_id, iid=attempt_id)
+        if ix.agent_id != agent_id:
+            raise Conflict(f"call {attempt_id} is not agent {agent_id}'s")
+        return ix
+
+    def _call_action(self, method: str, arg: str | None = None) -> Any:
+        async def handler(args: dict[str, Any]) -> dict[str, Any]:
+            ix = await self._interaction(args)
+            fn = getattr(self.control, method)
+            out = await (fn(ix.id, str(args[arg])) if arg else fn(ix.id))
+            result: dict[str, Any] = {"attempt_id": ix.id, "state": ix.state.value}
+            if method == "send_dtmf":
+                result["digits"] = out
+            elif method in ("consult", "conference"):
+                result["target_channel_id"] = out
+            return result
+
+        return handler
+
     async def _dial(self, args: dict[str, Any]) -> dict[str, Any]:
+        agent = args.get("agent_id")
+        # With an agent reserved (preview, progressive) and "connect", the answered contact
+        # goes straight into the agent's conference.
+        connect = bool(agent and args.get("connect"))
         aid = await self.originator.dial(
             int(args["contact_id"]),
             e164=args.get("number"),
-            agent_id=args.get("agent_id"),
+            agent_id=agent,
             caller_id=args.get("caller_id"),
+            context=names.CTX_CONNECT if connect else None,
+            exten=str(agent) if connect else None,
         )
         return {"attempt_id": aid}
 

@@ -39,6 +39,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
     "dialer": {
         "default_region": "DE",
         "trunk": "PJSIP/${NUMBER}@trunk",
+        "internal": "PJSIP/${NUMBER}",
         "ring_timeout": "30",
         "server": "default",
     },
@@ -147,6 +148,7 @@ _PARSERS: dict[tuple[str, str], Callable[[str], Any]] = {
     ("web", "port"): _port,
     ("dialer", "default_region"): region_code,
     ("dialer", "trunk"): _trunk,
+    ("dialer", "internal"): _trunk,
     ("dialer", "ring_timeout"): lambda v: max(15, _port(v)),
     ("dialer", "server"): _no_ctl,
     ("log", "level"): _log_level,

@@ -15,10 +15,23 @@ import redis.asyncio as aredis
 
 from ami_bridge.rights import TooManyRights
 from ami_bridge.service import Bridge, health_key
+from outbound import live, names
 from outbound.commands import CommandFailed, send_command
 from outbound.config import load_config
-from outbound.model import make_engine, session_factory, upgrade
+from outbound.model import (
+    Agent,
+    Campaign,
+    Contact,
+    ContactList,
+    DialMode,
+    PhoneNumber,
+    make_engine,
+    session_factory,
+    transaction,
+    upgrade,
+)
 from outbound.sandbox import SandboxInfo
+from tests.helpers.ami import AmiClient, AmiError
 from tests.helpers.until import async_until
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -77,3 +90,86 @@ async def test_given_dialer_account_then_bridge_runs_reports_health_and_answers_
         await asyncio.wait_for(task, 10)
     # The record expires when the bridge is gone (no stale "healthy").
     assert r.ttl(health_key(server)) <= 5
+
+
+async def test_given_bridge_when_agent_logs_in_and_works_a_call_by_commands_then_asterisk_follows(
+    sandbox: SandboxInfo, tmp_path: Path, admin_ami: AmiClient
+) -> None:
+    server = f"srv-{uuid.uuid4().hex[:6]}"
+    cfg = _config(sandbox, tmp_path, sandbox.ami_user, sandbox.ami_secret, server)
+    f = session_factory(make_engine(cfg.database_url))
+    agent, ext = str(70000 + int(uuid.uuid4().int % 9999)), str(uuid.uuid4().int)[:6]
+    with transaction(f) as s:
+        c = Campaign(name="b", mode=DialMode.PROGRESSIVE)
+        s.add(c)
+        s.flush()
+        lst = ContactList(campaign_id=c.id, name="l")
+        s.add(lst)
+        s.add(Agent(id=agent, name="A", extension=f"Local/{ext}@sim-phones"))
+        s.add(Agent(id="99", name="Other", extension="Local/99@sim-phones"))
+        s.flush()
+        ct = Contact(campaign_id=c.id, list_id=lst.id, external_key="k", name="C")
+        s.add(ct)
+        s.flush()
+        number = "+4930" + str(uuid.uuid4().int)[:6] + "8"  # human, talks long
+        s.add(PhoneNumber(contact_id=ct.id, e164=number))
+        contact_id = ct.id
+    b = Bridge(cfg, f, aredis.Redis.from_url(REDIS_URL))
+    task = asyncio.ensure_future(b.run())
+    r = redis.Redis.from_url(REDIS_URL)
+    conf = names.agent_bridge(agent)
+
+    def cmd(kind: str, **args: object) -> dict:  # type: ignore[type-arg]
+        return send_command(r, server, kind, dict(args), 20)
+
+    async def members() -> list[str]:
+        try:
+            _, ev = await admin_ami.collect("ConfbridgeList", Conference=conf)
+        except AmiError:
+            return []
+        return [e["Channel"] for e in ev]
+
+    async def app_of(uid: str) -> str | None:
+        _, chans = await admin_ami.collect("CoreShowChannels")
+        return next((c["Application"] for c in chans if c.get("Uniqueid") == uid), None)
+
+    try:
+        await async_until(lambda: r.get(health_key(server)) is not None, 10)
+        out = await asyncio.to_thread(cmd, "login", agent_id=agent)
+        assert len(await members()) == 1  # the desk phone waits in the agent's bridge
+        assert r.hget(live.agent_key(agent), "session") == b"up"
+        dialed = await asyncio.to_thread(
+            cmd, "dial", contact_id=contact_id, agent_id=agent, connect=True
+        )
+        aid = dialed["attempt_id"]
+        await async_until(lambda: _len_is(members, 2), 15, message="contact not in bridge")
+        held = await asyncio.to_thread(cmd, "hold", attempt_id=aid, agent_id=agent)
+        assert held["state"] == "held"
+        await async_until(lambda: _eq(app_of(aid), "MusicOnHold"), 10)
+        assert len(await members()) == 1
+        with pytest.raises(CommandFailed, match="not agent 99's"):
+            await asyncio.to_thread(cmd, "resume", attempt_id=aid, agent_id="99")
+        await asyncio.to_thread(cmd, "resume", attempt_id=aid, agent_id=agent)
+        await async_until(lambda: _len_is(members, 2), 10)
+        await asyncio.to_thread(cmd, "end", attempt_id=aid)
+        await async_until(lambda: _eq(app_of(aid), None), 10)
+        # Hanging up the desk phone ends the session: the agent is not ready.
+        phone = out["channel_id"]
+        _, chans = await admin_ami.collect("CoreShowChannels")
+        await admin_ami.send(
+            "Hangup", Channel=next(c["Channel"] for c in chans if c.get("Uniqueid") == phone)
+        )
+        await async_until(lambda: r.hget(live.agent_key(agent), "session") == b"ended", 10)
+        assert r.hget(live.agent_key(agent), "ready_voice") == b"0"
+        assert r.hget(live.agent_key(agent), "reason") == b"phone_hangup"
+    finally:
+        b.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def _len_is(fn, n: int) -> bool:  # type: ignore[no-untyped-def]
+    return len(await fn()) == n
+
+
+async def _eq(aw, v) -> bool:  # type: ignore[no-untyped-def]
+    return (await aw) == v
