@@ -5,12 +5,18 @@ from __future__ import annotations
 from functools import lru_cache
 
 import phonenumbers
-from phonenumbers import NumberParseException
+from phonenumbers import NumberParseException, re_util
 from phonenumbers import timezone as pn_timezone
 
 from .model.types import PhoneType
 
 MAX_RAW_LEN = 40
+
+# phonenumbers compiles its metadata patterns on each use and leans on the re module's
+# small cache, which thrashes across regions and number types: keeping them all (a few
+# thousand patterns) makes a parse about twice as fast.
+if hasattr(re_util, "enable_pattern_cache"):
+    re_util.enable_pattern_cache()
 
 
 class InvalidNumber(ValueError):

@@ -201,3 +201,20 @@ def test_bad_config_value_is_reported_with_key_and_file(run, tmp_path) -> None: 
     ini.write_text("[web]\nport = seventy\n")
     r = CliRunner().invoke(main, ["--config", str(ini), "campaign", "list"])
     assert r.exit_code == 1 and str(ini) in r.output and "[web] port" in r.output
+
+
+def test_contacts_import_reports_bad_rows_by_line_and_reimport_adds_nothing(run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    run("campaign", "create", "c", "--mode", "predictive")
+    f = tmp_path / "contacts.csv"
+    f.write_text(
+        "id,name,phone,plan\n1,Ann,030 1234567,gold\n2,Bob,12,silver\n3,Cid,+49 30 7654321,\n"
+    )
+    errors = tmp_path / "bad.csv"
+    out = json.loads(run("contacts", "import", "c", str(f), "--errors", str(errors), "--json"))
+    assert (out["rows"], out["imported"], out["error_count"]) == (3, 2, 1)
+    assert out["errors"][0]["line"] == 3 and "phone" in out["errors"][0]["reason"]
+    assert errors.read_text().splitlines()[1].startswith("3,")
+    again = json.loads(run("contacts", "import", "c", str(f), "--json"))
+    assert (again["imported"], again["already_present"]) == (0, 2)
+    assert json.loads(run("campaign", "show", "c", "--json"))["contacts"]["ready"] == 2
+    assert "no campaign named 'zz'" in run("contacts", "import", "zz", str(f), code=1)
