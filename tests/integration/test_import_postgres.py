@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from outbound import contacts_import
+from outbound import contacts_store
 from outbound.contacts_import import import_contacts
 from outbound.model.db import make_engine, session_factory, transaction, upgrade
 from outbound.model.tables import Campaign, Contact, PhoneNumber
@@ -107,7 +107,7 @@ def test_given_a_crash_mid_import_when_run_again_then_it_completes_on_postgres(
 ) -> None:
     path = tmp_path / "crash.csv"
     path.write_text("name,phone\n" + "".join(f"P{n},212555{n:04d}\n" for n in range(100)))
-    real_insert = contacts_import._PostgresWriter.insert
+    real_insert = contacts_store.PostgresWriter.insert
     calls = 0
 
     def failing_insert(self: Any, conn: Any, rows: Any) -> None:
@@ -117,12 +117,12 @@ def test_given_a_crash_mid_import_when_run_again_then_it_completes_on_postgres(
         if calls == 2:
             raise OSError("connection lost")
 
-    monkeypatch.setattr(contacts_import._PostgresWriter, "insert", failing_insert)
+    monkeypatch.setattr(contacts_store.PostgresWriter, "insert", failing_insert)
     with pytest.raises(OSError):
         import_contacts(factory, campaign, path, default_region="US", chunk_size=40)
     assert count(factory, campaign) == 40
 
-    monkeypatch.setattr(contacts_import._PostgresWriter, "insert", real_insert)
+    monkeypatch.setattr(contacts_store.PostgresWriter, "insert", real_insert)
     report = import_contacts(factory, campaign, path, default_region="US", chunk_size=40)
 
     assert (report.imported, report.already_present) == (60, 40)

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from outbound import contacts_import, phones
+from outbound import contacts_import, contacts_store, phones, phones_fast
 from outbound.contacts_import import (
     ImportFormatError,
     ImportReport,
@@ -446,7 +446,7 @@ def test_given_a_crash_mid_import_when_run_again_then_whole_chunks_stay_and_it_c
     factory: sessionmaker[Session], campaign: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write(tmp_path, "name,phone\n" + "".join(f"P{n},212555{n:04d}\n" for n in range(100)))
-    real_insert = contacts_import._SqliteWriter.insert
+    real_insert = contacts_store.SqliteWriter.insert
     calls = 0
 
     def failing_insert(self: Any, conn: Any, rows: Any) -> None:
@@ -456,12 +456,12 @@ def test_given_a_crash_mid_import_when_run_again_then_whole_chunks_stay_and_it_c
         if calls == 3:
             raise OSError("disk gone")
 
-    monkeypatch.setattr(contacts_import._SqliteWriter, "insert", failing_insert)
+    monkeypatch.setattr(contacts_store.SqliteWriter, "insert", failing_insert)
     with pytest.raises(OSError, match="disk gone"):
         run(factory, campaign, path, chunk_size=30)
     assert count_contacts(factory, campaign) == 60  # two whole chunks of 30
 
-    monkeypatch.setattr(contacts_import._SqliteWriter, "insert", real_insert)
+    monkeypatch.setattr(contacts_store.SqliteWriter, "insert", real_insert)
     report = run(factory, campaign, path, chunk_size=30)
 
     assert (report.imported, report.already_present) == (40, 60)
@@ -535,7 +535,7 @@ def _inputs(rnd: random.Random, region: str, n: int) -> Iterator[str]:
 @pytest.mark.parametrize("region", REGIONS)
 def test_given_many_numbers_when_analyzed_fast_then_exactly_what_phones_says(region: str) -> None:
     rnd = random.Random(region)
-    numbers = contacts_import._Numbers(region)
+    numbers = phones_fast.Numbers(region)
     valid = 0
     for raw in _inputs(rnd, region, 1500):
         raw = raw.strip()
@@ -557,7 +557,7 @@ def test_given_many_numbers_when_analyzed_fast_then_exactly_what_phones_says(reg
 
 
 def test_given_usual_forms_when_analyzed_then_the_fast_path_answers() -> None:
-    numbers = contacts_import._Numbers("US")
+    numbers = phones_fast.Numbers("US")
     assert numbers._fast is not None
     for raw in [
         "(212) 555-0142",
