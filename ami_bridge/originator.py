@@ -71,6 +71,7 @@ class Originator:
         ami.on_event("Hangup", self._events.put_nowait)
         ami.on_event("Newstate", self._events.put_nowait)
         ami.on_event("UserEvent", self._events.put_nowait)
+        ami.on_event("ConfbridgeJoin", self._events.put_nowait)
         ami.on_ready(self.reconcile)
         self._worker: asyncio.Task[None] | None = None
 
@@ -194,6 +195,10 @@ class Originator:
                 self._pending.setdefault(aid, _Pending()).reason = _int(msg.get("Reason"))
                 await self._try_settle_unanswered(aid)
                 self._later(aid)
+        elif ev == "ConfbridgeJoin" and msg.get("Conference", "").startswith("outbound-agent-"):
+            # The contact is in an agent's conference: connected.
+            if msg.get("Uniqueid") and await self._is_ours(msg["Uniqueid"]):
+                await self._advance(msg["Uniqueid"], "connect")
         elif ev == "Newstate" and msg.get("ChannelStateDesc") == "Ringing":
             if msg.get("Uniqueid") and await self._is_ours(msg["Uniqueid"]):
                 await self._advance(msg["Uniqueid"], "ring")
@@ -247,6 +252,11 @@ class Originator:
                 a = s.get(CallAttempt, attempt_id)
                 if a is not None:
                     try:
+                        if event == "connect" and a.state in (
+                            AttemptState.ORIGINATING,
+                            AttemptState.RINGING,
+                        ):
+                            advance(a, "answer")  # the join overtook the OriginateResponse
                         advance(a, event)
                     except Conflict as exc:
                         log.warning("%s", exc)

@@ -2,98 +2,19 @@
 
 Runtime packages (ami_bridge, agi_scripts, scheduler, status_page) are imported lazily,
 inside the commands that run them, so `outbound --help` and the admin commands stay light.
+The admin commands live in cli_admin.py.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from sqlalchemy.orm import Session, sessionmaker
 
-from .config import Config, ConfigError, load_config
-from .errors import NotFound, OutboundError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclass
-class Ctx:
-    config_path: str | None
-    overrides: dict[str, str]
-    _config: Config | None = None
-    _factory: sessionmaker[Session] | None = field(default=None, repr=False)
-
-    @property
-    def config(self) -> Config:
-        if self._config is None:
-            self._config = load_config(self.config_path, overrides=self.overrides)
-        return self._config
-
-    @property
-    def factory(self) -> sessionmaker[Session]:
-        if self._factory is None:
-            from .model import make_engine, session_factory
-
-            self._factory = session_factory(make_engine(self.config.database_url))
-        return self._factory
-
-    @contextmanager
-    def tx(self) -> Iterator[Session]:
-        from .model import transaction
-
-        with transaction(self.factory) as s:
-            yield s
-
-
-def _errors(fn: F) -> F:
-    """Turn domain and configuration errors into a clean one-line message and exit code 1."""
-
-    @wraps(fn)
-    def wrapper(*a: Any, **kw: Any) -> Any:
-        try:
-            return fn(*a, **kw)
-        except (OutboundError, ConfigError) as exc:
-            raise click.ClickException(str(exc)) from None
-        except Exception as exc:  # database down, bad URL, ...: say what, not a traceback
-            from sqlalchemy.exc import SQLAlchemyError
-
-            if isinstance(exc, SQLAlchemyError):
-                orig = getattr(exc, "orig", None)
-                msg = str(orig) if orig else str(exc)
-                raise click.ClickException(f"database error: {msg.splitlines()[0]}") from None
-            raise
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _emit(obj: Any, as_json: bool, text: Callable[[], None]) -> None:
-    if as_json:
-        click.echo(json.dumps(obj, indent=2, default=str, sort_keys=True))
-    else:
-        text()
-
-
-def _table(rows: list[dict[str, Any]], cols: list[str], title: str | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=title)
-    for c in cols:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*[str(r.get(c, "")) for c in cols])
-    Console().print(t)
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+from .cli_admin import COMMANDS
+from .cli_common import Ctx, errors
+from .cli_sandbox import sandbox
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -124,522 +45,8 @@ def main(ctx: click.Context, config_path: str | None, sets: tuple[str, ...]) -> 
     ctx.obj = Ctx(config_path, overrides)
 
 
-# ---------------------------------------------------------------- config / db
-@main.group()
-def config() -> None:
-    """Show the effective configuration."""
-
-
-@config.command("show")
-@json_option
-@click.pass_obj
-@_errors
-def config_show(obj: Ctx, as_json: bool) -> None:
-    """Print every setting with where it came from (secrets hidden)."""
-    cfg = obj.config
-    data = cfg.as_dict()
-    rows = [
-        {"setting": f"{s}.{k}", "value": v, "from": cfg.source(s, k)}
-        for s, kv in data.items()
-        for k, v in kv.items()
-    ]
-    _emit(data, as_json, lambda: _table(rows, ["setting", "value", "from"]))
-
-
-@main.group()
-def db() -> None:
-    """Database schema (Alembic migrations)."""
-
-
-@db.command("upgrade")
-@click.option("--revision", default="head", show_default=True)
-@click.pass_obj
-@_errors
-def db_upgrade(obj: Ctx, revision: str) -> None:
-    """Create or upgrade the schema to the newest version (safe to run twice)."""
-    from .model.db import current_revision, make_engine, upgrade
-
-    engine = make_engine(obj.config.database_url)
-    upgrade(engine, revision)
-    click.echo(f"database at revision {current_revision(engine)}")
-
-
-@db.command("current")
-@click.pass_obj
-@_errors
-def db_current(obj: Ctx) -> None:
-    """Print the schema revision of the database."""
-    from .model.db import current_revision, make_engine
-
-    click.echo(current_revision(make_engine(obj.config.database_url)) or "empty")
-
-
-# ---------------------------------------------------------------- campaigns
-@main.group()
-def campaign() -> None:
-    """Create campaigns and move them through created/loaded/running/stopped/unloaded."""
-
-
-@campaign.command("create")
-@click.argument("name")
-@click.option(
-    "--mode",
-    required=True,
-    type=click.Choice(["preview", "push_preview", "progressive", "predictive"]),
-)
-@click.option("--description", default="")
-@click.option("--caller-id", "caller_ids", multiple=True, help="Caller ID number (repeatable).")
-@click.option("--ask-caller-id", is_flag=True, help="Agents pick the caller ID before dialing.")
-@click.option(
-    "--calling-hours",
-    default="08:00-21:00",
-    show_default=True,
-    help="Allowed hours in the contact's local time.",
-)
-@click.option("--max-attempts", default=5, show_default=True, type=int)
-@click.option("--disposition", "dispositions", multiple=True, help="Disposition code (repeatable).")
-@click.option("--disposition-required", is_flag=True)
-@click.option("--abandon-target", default=0.03, show_default=True, type=float)
-@click.option("--trunk", default=None, help="Dial string with ${NUMBER}; default from config.")
-@click.option("--agent", "agent_ids", multiple=True, help="Member agent id (repeatable).")
-@json_option
-@click.pass_obj
-@_errors
-def campaign_create(
-    obj: Ctx,
-    name: str,
-    mode: str,
-    description: str,
-    caller_ids: tuple[str, ...],
-    ask_caller_id: bool,
-    calling_hours: str,
-    max_attempts: int,
-    dispositions: tuple[str, ...],
-    disposition_required: bool,
-    abandon_target: float,
-    trunk: str | None,
-    agent_ids: tuple[str, ...],
-    as_json: bool,
-) -> None:
-    """Create a campaign (state: created)."""
-    from .agents import get_agent
-    from .campaigns.lifecycle import campaign_summary, create_campaign
-
-    start, dash, end = calling_hours.partition("-")
-    if not dash:
-        raise click.BadParameter("use HH:MM-HH:MM", param_hint="--calling-hours")
-    with obj.tx() as s:
-        c = create_campaign(
-            s,
-            name,
-            mode,
-            description=description,
-            caller_ids=list(caller_ids),
-            ask_caller_id=ask_caller_id,
-            region=obj.config.default_region,
-            calling_hours=(start, end),
-            max_attempts=max_attempts,
-            dispositions=list(dispositions),
-            disposition_required=disposition_required,
-            abandon_target=abandon_target,
-            trunk=trunk,
-        )
-        for aid in agent_ids:
-            get_agent(s, aid).campaigns.append(c)
-        s.flush()
-        summary = campaign_summary(s, c)
-    _emit(
-        summary,
-        as_json,
-        lambda: click.echo(f"created campaign {name!r} ({mode}), id {summary['id']}"),
-    )
-
-
-@campaign.command("list")
-@json_option
-@click.pass_obj
-@_errors
-def campaign_list(obj: Ctx, as_json: bool) -> None:
-    """List campaigns with state and contact counts."""
-    from sqlalchemy import select
-
-    from .campaigns.lifecycle import campaign_summary
-    from .model import Campaign
-
-    with obj.tx() as s:
-        rows = [campaign_summary(s, c) for c in s.scalars(select(Campaign).order_by(Campaign.id))]
-    flat = [
-        {**r, "ready": r["contacts"]["ready"], "total": sum(r["contacts"].values())} for r in rows
-    ]
-    _emit(
-        rows,
-        as_json,
-        lambda: _table(
-            flat, ["id", "name", "mode", "delivery_mode", "state", "ready", "total", "description"]
-        ),
-    )
-
-
-@campaign.command("show")
-@click.argument("name")
-@json_option
-@click.pass_obj
-@_errors
-def campaign_show(obj: Ctx, name: str, as_json: bool) -> None:
-    """Show one campaign's settings and contact counts."""
-    from .campaigns.lifecycle import campaign_summary, get_campaign
-
-    with obj.tx() as s:
-        summary = campaign_summary(s, get_campaign(s, name))
-    _emit(
-        summary,
-        as_json,
-        lambda: _table(
-            [
-                {"field": k, "value": json.dumps(v) if isinstance(v, dict | list) else v}
-                for k, v in summary.items()
-            ],
-            ["field", "value"],
-            title=f"campaign {name}",
-        ),
-    )
-
-
-def _lifecycle(event: str) -> Callable[..., None]:
-    @click.argument("name")
-    @json_option
-    @click.pass_obj
-    @_errors
-    def cmd(obj: Ctx, name: str, as_json: bool) -> None:
-        from .campaigns.lifecycle import transition
-
-        with obj.tx() as s:
-            ev = transition(s, name, event)
-        out = {"campaign": ev.campaign, "event": ev.event, "from": ev.old.value, "to": ev.new.value}
-        _emit(
-            out,
-            as_json,
-            lambda: click.echo(f"campaign {ev.campaign!r}: {ev.old.value} -> {ev.new.value}"),
-        )
-
-    cmd.__doc__ = f"{event.capitalize()} a campaign (see the lifecycle in the README)."
-    return cmd
-
-
-for _ev in ("load", "start", "stop", "unload"):
-    campaign.command(_ev)(_lifecycle(_ev))
-
-
-# ---------------------------------------------------------------- contacts
-@main.group()
-def contacts() -> None:
-    """Import contact lists."""
-
-
-@contacts.command("import")
-@click.argument("campaign_name", metavar="CAMPAIGN")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--list-name", default=None, help="Name of the contact list (default: file name).")
-@click.option("--region", default=None, help="Region for national numbers (default: config).")
-@click.option(
-    "--errors",
-    "errors_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the bad rows (line, reason) to this CSV file.",
-)
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@json_option
-@click.pass_obj
-@_errors
-def contacts_import(
-    obj: Ctx,
-    campaign_name: str,
-    file: Path,
-    list_name: str | None,
-    region: str | None,
-    errors_file: Path | None,
-    quiet: bool,
-    as_json: bool,
-) -> None:
-    """Import FILE.csv into CAMPAIGN: numbers validated and normalised to E.164, bad rows
-    reported with line number and reason, re-import adds no duplicates."""
-    import csv
-
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
-
-    from .campaigns.lifecycle import get_campaign
-    from .config import region_code
-    from .contacts_import import RowError, import_contacts
-
-    try:
-        reg = region_code(region) if region else obj.config.default_region
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--region") from None
-    with obj.tx() as s:
-        camp_id = get_campaign(s, campaign_name).id
-    err_console = Console(stderr=True)
-    errfh = errors_file.open("w", newline="", encoding="utf-8") if errors_file else None
-    writer = csv.writer(errfh) if errfh else None
-    if writer:
-        writer.writerow(["line", "reason"])
-    shown = 0
-
-    def on_error(e: RowError) -> None:
-        nonlocal shown
-        if writer:
-            writer.writerow([e.line, e.reason])
-        if not as_json and shown < 20:
-            err_console.print(f"line {e.line}: {e.reason}", markup=False, highlight=False)
-        shown += 1
-
-    progress_cb = None
-    prog = None
-    if not quiet and not as_json and sys.stderr.isatty():
-        prog = Progress(
-            TextColumn("importing"),
-            BarColumn(),
-            TextColumn("{task.percentage:>3.0f}%"),
-            TransferSpeedColumn(),
-            console=err_console,
-        )
-        task = prog.add_task("import", total=file.stat().st_size)
-        prog.start()
-
-        def progress_cb(done: int, total: int) -> None:
-            prog.update(task, completed=done, total=total)
-
-    try:
-        report = import_contacts(
-            obj.factory,
-            camp_id,
-            file,
-            default_region=reg,
-            list_name=list_name,
-            progress=progress_cb,
-            on_error=on_error,
-        )
-    finally:
-        if prog:
-            prog.stop()
-        if errfh:
-            errfh.close()
-    out = {
-        "rows": report.rows,
-        "imported": report.imported,
-        "already_present": report.already_present,
-        "duplicates_in_file": report.duplicates_in_file,
-        "errors": [{"line": e.line, "reason": e.reason} for e in report.errors],
-        "error_count": shown,
-        "elapsed_s": round(report.elapsed_s, 3),
-        "rows_per_s": round(report.rows_per_s),
-    }
-
-    def text() -> None:
-        if shown > 20:
-            err_console.print(
-                f"... and {shown - 20} more bad rows"
-                + (f" (all in {errors_file})" if errors_file else "")
-            )
-        click.echo(
-            f"{report.rows} rows: {report.imported} imported, {report.already_present} "
-            f"already present, {report.duplicates_in_file} duplicates in file, "
-            f"{shown} bad ({out['rows_per_s']} rows/s)"
-        )
-
-    _emit(out, as_json, text)
-
-
-# ---------------------------------------------------------------- agents
-@main.group()
-def agent() -> None:
-    """Agent accounts (argon2-hashed password and keypad PIN)."""
-
-
-@agent.command("add")
-@click.argument("agent_id")
-@click.option("--name", required=True)
-@click.option("--extension", required=True, help="Desk phone channel, e.g. PJSIP/1001.")
-@click.option("--password", default=None, help="Web password (prompted if --prompt).")
-@click.option("--pin", default=None, help="Keypad PIN, 4-12 digits.")
-@click.option("--prompt", "prompt_secret", is_flag=True, help="Ask for the password interactively.")
-@click.option("--role", type=click.Choice(["agent", "supervisor"]), default="agent")
-@click.option("--timezone", default="UTC", show_default=True)
-@click.option("--campaign", "campaign_names", multiple=True, help="Member of (repeatable).")
-@json_option
-@click.pass_obj
-@_errors
-def agent_add(
-    obj: Ctx,
-    agent_id: str,
-    name: str,
-    extension: str,
-    password: str | None,
-    pin: str | None,
-    prompt_secret: bool,
-    role: str,
-    timezone: str,
-    campaign_names: tuple[str, ...],
-    as_json: bool,
-) -> None:
-    """Add an agent."""
-    from .agents import add_agent
-    from .campaigns.lifecycle import get_campaign
-
-    if prompt_secret:
-        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
-    with obj.tx() as s:
-        camps = [get_campaign(s, n) for n in campaign_names]
-        a = add_agent(
-            s,
-            agent_id,
-            name,
-            extension,
-            password=password,
-            pin=pin,
-            role=role,
-            timezone=timezone,
-            campaigns=camps,
-        )
-        out = {
-            "id": a.id,
-            "name": a.name,
-            "role": a.role.value,
-            "campaigns": [c.name for c in camps],
-        }
-    _emit(out, as_json, lambda: click.echo(f"added agent {agent_id} ({name})"))
-
-
-@agent.command("list")
-@json_option
-@click.pass_obj
-@_errors
-def agent_list(obj: Ctx, as_json: bool) -> None:
-    """List agents (hashes are never shown)."""
-    from .agents import list_agents
-
-    with obj.tx() as s:
-        rows = list_agents(s)
-    _emit(
-        rows,
-        as_json,
-        lambda: _table(
-            [{**r, "campaigns": ",".join(r["campaigns"])} for r in rows],
-            ["id", "name", "extension", "role", "timezone", "campaigns", "has_password", "has_pin"],
-        ),
-    )
-
-
-@agent.command("passwd")
-@click.argument("agent_id")
-@click.option("--password", default=None, help="New password (prompted when neither is given).")
-@click.option("--pin", default=None, help="New keypad PIN.")
-@click.pass_obj
-@_errors
-def agent_passwd(obj: Ctx, agent_id: str, password: str | None, pin: str | None) -> None:
-    """Set an agent's password and/or PIN (a new PIN also clears a PIN lock)."""
-    from .agents import get_agent, set_password
-
-    if password is None and pin is None:
-        with obj.tx() as s:
-            get_agent(s, agent_id)  # fail before prompting for a missing agent
-        password = click.prompt("new password", hide_input=True, confirmation_prompt=True)
-    with obj.tx() as s:
-        set_password(s, agent_id, password, pin)
-    click.echo(f"updated agent {agent_id}")
-
-
-# ---------------------------------------------------------------- DNC
-@main.group()
-def dnc() -> None:
-    """Do-not-call lists (global, or per campaign with --campaign)."""
-
-
-campaign_option = click.option(
-    "--campaign", "campaign_name", default=None, help="Campaign scope (default: the global list)."
-)
-
-
-def _campaign_id(s: Session, name: str | None) -> int | None:
-    from .campaigns.lifecycle import get_campaign
-
-    return None if name is None else get_campaign(s, name).id
-
-
-@dnc.command("add")
-@click.argument("number")
-@campaign_option
-@click.option("--reason", default="")
-@json_option
-@click.pass_obj
-@_errors
-def dnc_add(obj: Ctx, number: str, campaign_name: str | None, reason: str, as_json: bool) -> None:
-    """Add NUMBER to a do-not-call list."""
-    from . import dnc as dnc_mod
-
-    with obj.tx() as s:
-        e164, created = dnc_mod.add(
-            s,
-            number,
-            obj.config.default_region,
-            campaign_id=_campaign_id(s, campaign_name),
-            reason=reason,
-        )
-    _emit(
-        {"number": e164, "created": created},
-        as_json,
-        lambda: click.echo(f"{e164}: {'added' if created else 'already listed'}"),
-    )
-
-
-@dnc.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@campaign_option
-@json_option
-@click.pass_obj
-@_errors
-def dnc_import(obj: Ctx, file: Path, campaign_name: str | None, as_json: bool) -> None:
-    """Import numbers from a CSV file (column phone/number, else the first column)."""
-    from . import dnc as dnc_mod
-
-    with obj.tx() as s:
-        out = dnc_mod.import_file(
-            s, file, obj.config.default_region, _campaign_id(s, campaign_name)
-        )
-
-    def text() -> None:
-        for e in out["errors"][:20]:
-            click.echo(f"line {e['line']}: {e['reason']}", err=True)
-        click.echo(
-            f"{out['added']} added, {out['already_present']} already listed, "
-            f"{len(out['errors'])} bad lines"
-        )
-
-    _emit(out, as_json, text)
-
-
-@dnc.command("check")
-@click.argument("number")
-@campaign_option
-@json_option
-@click.pass_obj
-@_errors
-def dnc_check(obj: Ctx, number: str, campaign_name: str | None, as_json: bool) -> None:
-    """Tell whether NUMBER may be called (exit code 3 when it is blocked)."""
-    from . import dnc as dnc_mod
-
-    with obj.tx() as s:
-        out = dnc_mod.check(s, number, obj.config.default_region, _campaign_id(s, campaign_name))
-
-    def text() -> None:
-        if not out["blocked"]:
-            click.echo(f"{out['number']}: not on a do-not-call list")
-        for e in out["entries"]:
-            click.echo(f"{out['number']}: BLOCKED ({e['scope']}, {e['source']}) {e['reason']}")
-
-    _emit(out, as_json, text)
-    if out["blocked"]:
-        sys.exit(3)
+for _cmd in [*COMMANDS, sandbox]:
+    main.add_command(_cmd)
 
 
 # ---------------------------------------------------------------- run
@@ -650,7 +57,7 @@ def run() -> None:
 
 @run.command("bridge")
 @click.pass_obj
-@_errors
+@errors
 def run_bridge(obj: Ctx) -> None:
     """The AMI bridge for [dialer] server: originates, tracks and controls calls."""
     import asyncio
@@ -676,92 +83,164 @@ def run_bridge(obj: Ctx) -> None:
     asyncio.run(go())
 
 
-# ---------------------------------------------------------------- sandbox
-@main.group()
-def sandbox() -> None:
-    """A real Asterisk 22 for tests and the demo (a cached Debian chroot, loopback only)."""
+# ---------------------------------------------------------------- demo
+@main.command("demo")
+@click.option("--contacts", "n", default=10, show_default=True, help="Simulated contacts.")
+@click.option("--keep", is_flag=True, help="Leave the sandbox Asterisk running afterwards.")
+@click.option("--sandbox-name", default="demo", show_default=True)
+@click.pass_obj
+@errors
+def demo(obj: Ctx, n: int, keep: bool, sandbox_name: str) -> None:
+    """Place real calls on the sandbox Asterisk: one agent on a simulated desk phone works
+    a progressive campaign of simulated contacts (humans, machines, busy, unreachable),
+    through the bridge and its command stream; ends with results checked against CDR."""
+    import asyncio
+    import csv as csvmod
+    import logging
+    import tempfile
 
+    import redis as sredis
+    import redis.asyncio as aredis
+    from rich.console import Console
+    from rich.table import Table
 
-def _sandbox(obj: Ctx, name: str) -> Any:
+    from ami_bridge.service import Bridge
+
+    from .campaigns.lifecycle import create_campaign, get_campaign, transition
+    from .commands import CommandFailed, send_command
+    from .config import load_config
+    from .contacts_import import import_contacts
+    from .errors import NotFound
+    from .model import Agent, AttemptState, CallAttempt, Contact, make_engine, upgrade
     from .sandbox import Sandbox
 
-    cache = obj.config.get("sandbox", "cache_dir") or None
-    return Sandbox(
-        cache_dir=Path(cache) if cache else None,
-        name=name,
-        log=lambda m: click.echo(m, err=True),
+    logging.basicConfig(level="WARNING")
+    con = Console()
+    sb = Sandbox(name=sandbox_name, log=lambda m: con.print(m, markup=False))
+    info = sb.up()
+    cfg = load_config(
+        obj.config_path,
+        overrides={
+            **obj.overrides,
+            "ami.port": str(info.ami_port),
+            "ami.username": info.ami_user,
+            "ami.secret": info.ami_secret,
+            "dialer.trunk": "Local/${NUMBER}@sim-contacts",
+            "dialer.internal": "Local/${NUMBER}@sim-phones",
+            "dialer.server": sandbox_name,
+            "dialer.ring_timeout": "15",
+        },
     )
+    obj._config = cfg
+    upgrade(make_engine(cfg.database_url))
+    with obj.tx() as s:
+        try:
+            camp = get_campaign(s, "demo")
+        except NotFound:
+            camp = create_campaign(
+                s,
+                "demo",
+                "progressive",
+                description="sandbox demo",
+                dispositions=["sale", "no-interest"],
+            )
+        if camp.state.value in ("created", "unloaded"):
+            transition(s, camp.id, "load")
+        if camp.state.value in ("loaded", "stopped"):
+            transition(s, camp.id, "start")
+        if s.get(Agent, "1001") is None:
+            s.add(Agent(id="1001", name="Demo Agent", extension="Local/1001@sim-phones"))
+        camp_id = camp.id
+    scenarios = ["0", "4", "5", "1", "7", "8", "9", "2", "3", "4"]  # sim-contacts last digit
+    with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False, newline="") as fh:
+        w = csvmod.writer(fh)
+        w.writerow(["id", "name", "phone"])
+        for i in range(n):
+            w.writerow([f"demo-{i}", f"Contact {i}", f"+49301{i:05d}{scenarios[i % 10]}"])
+    rep = import_contacts(obj.factory, camp_id, Path(fh.name), default_region="DE")
+    con.print(f"imported {rep.imported} contacts ({rep.already_present} already there)")
+    r = sredis.Redis.from_url(cfg.redis_url)
 
+    async def go() -> list[str]:
+        bridge = Bridge(cfg, obj.factory, aredis.Redis.from_url(cfg.redis_url), consumer="demo")
+        task = asyncio.ensure_future(bridge.run())
 
-name_option = click.option(
-    "--name",
-    default="default",
-    show_default=True,
-    help="Instance name (several can run side by side).",
-)
+        def cmd(kind: str, **args: Any) -> dict[str, Any]:
+            return send_command(r, sandbox_name, kind, args, 40)
 
+        attempts: list[str] = []
+        try:
+            await asyncio.to_thread(cmd, "login", agent_id="1001")
+            con.print("agent 1001 logged in: the desk phone waits in its conference")
+            with obj.factory() as s:
+                ids = [
+                    c.id
+                    for c in s.query(Contact).filter(
+                        Contact.campaign_id == camp_id, Contact.state == "ready"
+                    )
+                ]
+            for cid in ids:
+                try:
+                    out = await asyncio.to_thread(
+                        cmd, "dial", contact_id=cid, agent_id="1001", connect=True
+                    )
+                except CommandFailed as exc:
+                    con.print(f"contact {cid}: {exc}")
+                    continue
+                aid = out["attempt_id"]
+                attempts.append(aid)
+                for _ in range(400):
+                    with obj.factory() as s:
+                        a = s.get(CallAttempt, aid)
+                        st = a.state if a else AttemptState.ENDED
+                    if st is not AttemptState.ORIGINATING and st is not AttemptState.RINGING:
+                        break
+                    await asyncio.sleep(0.1)
+                if st in (AttemptState.ANSWERED, AttemptState.CONNECTED):
+                    await asyncio.sleep(2)  # the agent talks
+                    try:
+                        await asyncio.to_thread(cmd, "end", attempt_id=aid)
+                    except CommandFailed as exc:
+                        con.print(f"  (end: {exc})")  # e.g. the contact hung up first
+                for _ in range(100):
+                    with obj.factory() as s:
+                        a = s.get(CallAttempt, aid)
+                        if a is None or a.state is AttemptState.ENDED:
+                            break
+                    await asyncio.sleep(0.1)
+                with obj.factory() as s:
+                    a = s.get(CallAttempt, aid)
+                    shown = a.result.value if a and a.result else "not settled yet"
+                    con.print(f"{a.e164 if a else aid}: {shown}")
+            await asyncio.to_thread(cmd, "logout", agent_id="1001")
+        finally:
+            bridge.stop()
+            await asyncio.wait_for(task, 15)
+        return attempts
 
-@sandbox.command("up")
-@name_option
-@json_option
-@click.pass_obj
-@_errors
-def sandbox_up(obj: Ctx, name: str, as_json: bool) -> None:
-    """Build the Asterisk root if needed (once per machine), then start an instance."""
-    from dataclasses import asdict
-
-    info = _sandbox(obj, name).up()
-    data = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(info).items()}
-    _emit(
-        data,
-        as_json,
-        lambda: click.echo(
-            f"sandbox {name!r} up: Asterisk {info.version}, AMI 127.0.0.1:{info.ami_port}, "
-            f"SIP udp 127.0.0.1:{info.sip_port}, pid {info.pid}"
-        ),
-    )
-
-
-@sandbox.command("down")
-@name_option
-@click.pass_obj
-@_errors
-def sandbox_down(obj: Ctx, name: str) -> None:
-    """Stop an instance cleanly (core stop now; killed if it does not stop in time)."""
-    _sandbox(obj, name).down()
-    click.echo(f"sandbox {name!r} down")
-
-
-@sandbox.command("status")
-@name_option
-@json_option
-@click.pass_obj
-@_errors
-def sandbox_status(obj: Ctx, name: str, as_json: bool) -> None:
-    """Is the instance running, on which ports."""
-    st = _sandbox(obj, name).status()
-    _emit(
-        st,
-        as_json,
-        lambda: _table(
-            [{"key": k, "value": v} for k, v in st.items()],
-            ["key", "value"],
-            title=f"sandbox {name}",
-        ),
-    )
-
-
-@sandbox.command("cli")
-@click.argument("command", nargs=-1, required=True)
-@name_option
-@click.pass_obj
-@_errors
-def sandbox_cli(obj: Ctx, command: tuple[str, ...], name: str) -> None:
-    """Run an Asterisk CLI command in the instance, e.g. `outbound sandbox cli core show channels`."""
-    sb = _sandbox(obj, name)
-    if not sb.status().get("running"):
-        raise NotFound(f"sandbox {name!r} is not running (outbound sandbox up)")
-    click.echo(sb.cli(" ".join(command)), nl=False)
+    try:
+        attempts = asyncio.run(go())
+        rows = []
+        with open(info.cdr_csv_path, newline="") as fh2:
+            rows = list(csvmod.reader(fh2))
+        cdr = {r[0] for r in rows if r and r[0] in set(attempts)}
+        t = Table(title="demo: results (database) and Asterisk's CDR")
+        t.add_column("result")
+        t.add_column("calls", justify="right")
+        counts: dict[str, int] = {}
+        with obj.factory() as s:
+            for aid in attempts:
+                a = s.get(CallAttempt, aid)
+                key = a.result.value if a and a.result else "unsettled"
+                counts[key] = counts.get(key, 0) + 1
+        for k, v in sorted(counts.items()):
+            t.add_row(k, str(v))
+        t.add_row("placed (database)", str(len(attempts)))
+        t.add_row("placed (Asterisk CDR)", str(len(cdr)))
+        con.print(t)
+    finally:
+        if not keep:
+            sb.down()
 
 
 if __name__ == "__main__":  # pragma: no cover
