@@ -54,6 +54,7 @@ class Originator:
         answered_exten: str = "s",
         originate_timeout: float = 10.0,
         on_settled: Callable[[str, CallResult], Any] | None = None,
+        on_call_event: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
         self.ami = ami
         self.factory = factory
@@ -64,6 +65,7 @@ class Originator:
         self.answered_exten = answered_exten
         self.originate_timeout = originate_timeout
         self.on_settled = on_settled
+        self.on_call_event = on_call_event
         self._pending: dict[str, _Pending] = {}  # what is known of unanswered attempts
         self._tasks: set[asyncio.Task[Any]] = set()
         self._events: asyncio.Queue[Message] = asyncio.Queue()
@@ -128,6 +130,14 @@ class Originator:
                 return a.id, a.e164
 
         attempt_id, number = await asyncio.to_thread(commit)
+        self._emit(
+            {
+                "event": "call_connecting",
+                "attempt_id": attempt_id,
+                "contact_id": contact_id,
+                "agent_id": agent_id or "",
+            }
+        )
         fields: dict[str, Any] = {
             "ActionID": ORIGINATE_PREFIX + attempt_id,
             "Channel": f"Local/{number}@{names.CTX_DIAL}",
@@ -247,7 +257,7 @@ class Originator:
         return await asyncio.to_thread(q)
 
     async def _advance(self, attempt_id: str, event: str) -> None:
-        def run() -> None:
+        def run() -> str | None:
             with transaction(self.factory) as s:
                 a = s.get(CallAttempt, attempt_id)
                 if a is not None:
@@ -257,11 +267,16 @@ class Originator:
                             AttemptState.RINGING,
                         ):
                             advance(a, "answer")  # the join overtook the OriginateResponse
-                        advance(a, event)
+                        if advance(a, event):
+                            return a.state.value
                     except Conflict as exc:
                         log.warning("%s", exc)
 
-        await asyncio.to_thread(run)
+            return None
+
+        new = await asyncio.to_thread(run)
+        if new is not None:
+            self._emit({"event": f"call_{new}", "attempt_id": attempt_id})
 
     async def _settle_on_hangup(self, attempt_id: str, cause: int | None) -> None:
         def run() -> tuple[bool | None, CallResult]:
@@ -284,8 +299,8 @@ class Originator:
             p.cause = p.cause or cause
             await self._try_settle_unanswered(attempt_id)
             self._later(attempt_id)
-        elif done and self.on_settled:
-            self.on_settled(attempt_id, result)
+        elif done:
+            self._notify_settled(attempt_id, result)
 
     async def _settle(
         self, attempt_id: str, result: CallResult, *, cause: int | None = None, note: str = ""
@@ -296,8 +311,20 @@ class Originator:
 
         if await asyncio.to_thread(run):
             log.info("attempt %s settled: %s", attempt_id, result.value)
-            if self.on_settled:
-                self.on_settled(attempt_id, result)
+            self._notify_settled(attempt_id, result)
+
+    def _notify_settled(self, attempt_id: str, result: CallResult) -> None:
+        if self.on_settled:
+            self.on_settled(attempt_id, result)
+        self._emit({"event": "call_ended", "attempt_id": attempt_id, "result": result.value})
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        """Tell the outside world (the bridge publishes these on the Redis event stream)."""
+        if self.on_call_event is not None:
+            try:
+                self.on_call_event(event)
+            except Exception:
+                log.exception("call event hook failed")
 
     # ------------------------------------------------------------ reconciliation
     async def reconcile(self) -> None:
@@ -330,8 +357,7 @@ class Originator:
             log.warning(
                 "attempt %s not found in Asterisk after reconnect: settled %s", aid, result.value
             )
-            if self.on_settled:
-                self.on_settled(aid, result)
+            self._notify_settled(aid, result)
 
 
 @dataclass

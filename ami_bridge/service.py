@@ -60,6 +60,7 @@ class Bridge:
             server=self.server,
             trunk=config.get("dialer", "trunk"),
             ring_timeout=config.get("dialer", "ring_timeout"),
+            on_call_event=self._publish,
         )
         self.factory = factory
         self.control = CallControl(
@@ -91,6 +92,7 @@ class Bridge:
         }.items():
             self.commands.register(kind, handler)
         self._stop = asyncio.Event()
+        self._pending_events: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ agent sessions
     async def _login(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -159,6 +161,27 @@ class Bridge:
             return result
 
         return handler
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        """Call events out: connecting, ringing, answered, connected, ended (with result),
+        on the Redis stream the status page reads. Fire and forget: a Redis outage must
+        not stall call handling (the database keeps the truth)."""
+        fields: dict[Any, Any] = {k: str(v) for k, v in {**event, "server": self.server}.items()}
+
+        async def add() -> None:
+            try:
+                await self.redis.xadd(
+                    names.KEY_EVENTS,
+                    fields,
+                    maxlen=100_000,
+                    approximate=True,
+                )
+            except Exception as exc:
+                log.warning("call event not published: %s", exc)
+
+        t = asyncio.ensure_future(add())
+        self._pending_events.add(t)
+        t.add_done_callback(self._pending_events.discard)
 
     async def _dial(self, args: dict[str, Any]) -> dict[str, Any]:
         agent = args.get("agent_id")

@@ -153,6 +153,24 @@ async def test_given_bridge_when_agent_logs_in_and_works_a_call_by_commands_then
         await async_until(lambda: _len_is(members, 2), 10)
         await asyncio.to_thread(cmd, "end", attempt_id=aid)
         await async_until(lambda: _eq(app_of(aid), None), 10)
+
+        # Call events came back on the event stream, in order, ending with the result.
+        def events() -> list[str]:
+            return [
+                f[b"event"].decode()
+                for _, f in r.xrange(names.KEY_EVENTS)
+                if f.get(b"attempt_id") == aid.encode()
+            ]
+
+        await async_until(lambda: "call_ended" in events(), 10)
+        assert events()[0] == "call_connecting" and events()[-1] == "call_ended"
+        assert "call_connected" in events()
+        ended = [
+            f
+            for _, f in r.xrange(names.KEY_EVENTS)
+            if f.get(b"attempt_id") == aid.encode() and f[b"event"] == b"call_ended"
+        ]
+        assert ended[0][b"result"] == b"answered"
         # Hanging up the desk phone ends the session: the agent is not ready.
         phone = out["channel_id"]
         _, chans = await admin_ami.collect("CoreShowChannels")
