@@ -37,7 +37,7 @@ __all__ = [
 # res_agi reads a command into a 2048-byte buffer (AGI_BUF_LEN); keep well inside it.
 MAX_COMMAND_BYTES = 2000
 
-_WORD = re.compile(r"^[A-Z][A-Z ]*[A-Z]$")
+_WORD = re.compile(r"^[A-Z][A-Z ]*[A-Z]\Z")
 _HEADER = re.compile(r"^(agi_[a-z0-9_]{1,64}): ?(.*)$")
 _ANSWER = re.compile(r"^(\d{3})([ -])(.*)$")
 _RESULT = re.compile(r"^result=(-?\d+)(.*)$")

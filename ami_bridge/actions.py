@@ -38,7 +38,7 @@ __all__ = [
     "status",
 ]
 
-DTMF_DIGIT = re.compile(r"^[0-9*#A-Da-d]$")
+DTMF_DIGIT = re.compile(r"^[0-9*#A-Da-d]\Z")
 # What Asterisk answers (Hangup, Redirect, Setvar/Getvar, PlayDTMF, Status) when the
 # channel is not there.
 _GONE = ("no such channel", "does not exist", "channel not found")

@@ -81,11 +81,11 @@ class TargetDeclined(CallControlError):
 
 
 _SEPARATORS = re.compile(r"[\s\-().]")
-_EXTERNAL = re.compile(r"^\+?[0-9*#]{2,31}$")
-_DIALPLAN_CHARS = re.compile(r"^[0-9*#]+$")  # what the target contexts' patterns accept
-_DTMF = re.compile(r"^[0-9*#A-D]{1,32}$")
-_CHANNEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9/@._;:+#*~=-]{0,199}$")  # Bridge() arg
-_AGENT_ID = re.compile(r"^[0-9A-Za-z]{1,32}$")  # what outbound-connect's FILTER keeps
+_EXTERNAL = re.compile(r"^\+?[0-9*#]{2,31}\Z")
+_DIALPLAN_CHARS = re.compile(r"^[0-9*#]+\Z")  # what the target contexts' patterns accept
+_DTMF = re.compile(r"^[0-9*#A-D]{1,32}\Z")
+_CHANNEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9/@._;:+#*~=-]{0,199}\Z")  # Bridge() arg
+_AGENT_ID = re.compile(r"^[0-9A-Za-z]{1,32}\Z")  # what outbound-connect's FILTER keeps
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,10 @@ class DialTemplates:
     def target(self, text: str, kind: Kind = None) -> Target:
         """Validate what an agent typed: an internal extension (extension_pattern) or an
         external number (digits, a leading +, * and #; spaces and dashes dropped)."""
+        try:
+            check_value("target", text, max_len=64)  # a line break is refused, not dropped
+        except ValueError as exc:
+            raise InvalidTarget(str(exc)) from None
         raw = _SEPARATORS.sub("", str(text))
         want = TargetKind(kind) if kind is not None else None
         is_ext = bool(re.fullmatch(self.extension_pattern, raw) and _DIALPLAN_CHARS.match(raw))

@@ -37,9 +37,9 @@ from outbound.errors import Conflict, Invalid, OutboundError
 
 log = logging.getLogger("ami_bridge.sessions")
 
-AGENT_ID = re.compile(r"^[0-9]{2,12}$")  # as outbound.agents: typed on a phone keypad
+AGENT_ID = re.compile(r"^[0-9]{2,12}\Z")  # as outbound.agents: typed on a phone keypad
 # A channel to originate: technology/resource (PJSIP/1001, Local/1001@sim-phones).
-PHONE = re.compile(r"^[A-Za-z][A-Za-z0-9]*/[A-Za-z0-9_.@+-]{1,76}$")
+PHONE = re.compile(r"^[A-Za-z][A-Za-z0-9]*/[A-Za-z0-9_.@+-]{1,76}\Z")
 
 
 class SessionState(StrEnum):

@@ -13,8 +13,8 @@ from .errors import Conflict, Invalid, NotFound
 from .model import Agent, AgentRole, Campaign
 from .security import check_password, check_pin, hash_secret
 
-AGENT_ID = re.compile(r"^[0-9]{2,12}$")  # typed on a desk phone keypad at log-in
-EXTENSION = re.compile(r"^[A-Za-z0-9/_.@+-]{1,80}$")
+AGENT_ID = re.compile(r"^[0-9]{2,12}\Z")  # typed on a desk phone keypad at log-in
+EXTENSION = re.compile(r"^[A-Za-z0-9/_.@+-]{1,80}\Z")
 
 
 def get_agent(s: Session, agent_id: str) -> Agent:

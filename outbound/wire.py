@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 MAX_VALUE = 1024  # AMI reads headers into 1 kB+ buffers; longer values are truncated there
-_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_()-]{0,79}$")
+_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_()-]{0,79}")
 _BAD = ("\r", "\n", "\0")
 
 
@@ -36,7 +36,7 @@ def check_value(name: str, value: object, max_len: int = MAX_VALUE) -> str:
 
 
 def check_key(name: str) -> str:
-    if not _KEY.match(name):
+    if not _KEY.fullmatch(name):  # fullmatch: "$" would accept a trailing newline
         raise UnsafeValue(f"header or variable name {name!r} is not a plain identifier")
     return name
 
