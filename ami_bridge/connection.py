@@ -380,7 +380,7 @@ class AmiConnection:
 
     def _cancel_connect_deadline(self) -> None:
         # The deadline guards one attempt; once that attempt has ended it must not fire
-        # during the back-off (it would start a second reconnect chain).
+        # during the back-off (it would replace e.g. "login failed" in last_error).
         if self._connect_deadline is not None:
             self._connect_deadline.cancel()
             self._connect_deadline = None

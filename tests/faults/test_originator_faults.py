@@ -1,0 +1,157 @@
+"""The originator under faults, checked against Asterisk's own call counts and the database:
+an Originate whose answer is lost is reconciled (never resent), and a `core restart now`
+with a live call settles that call once and dials nobody twice."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from ami_bridge.connection import AmiConnection
+from ami_bridge.originator import Originator
+from outbound.model import (
+    AttemptState,
+    CallAttempt,
+    CallResult,
+    Campaign,
+    Contact,
+    ContactList,
+    DialMode,
+    PhoneNumber,
+    make_engine,
+    session_factory,
+    transaction,
+    upgrade,
+)
+from outbound.sandbox import Sandbox, SandboxInfo
+from tests.faults.proxy import FaultProxy
+from tests.helpers.ami import AmiClient
+from tests.helpers.until import async_until
+
+SIM_TRUNK = "Local/${NUMBER}@sim-contacts"
+
+
+@pytest.fixture
+def factory(tmp_path: Path):  # type: ignore[no-untyped-def]
+    e = make_engine(f"sqlite:///{tmp_path / 'f.db'}")
+    upgrade(e)
+    return session_factory(e)
+
+
+def _contact(factory: Any, number: str) -> int:
+    with transaction(factory) as s:
+        c = Campaign(name=f"f-{uuid.uuid4().hex[:6]}", mode=DialMode.PREDICTIVE)
+        s.add(c)
+        s.flush()
+        lst = ContactList(campaign_id=c.id, name="l")
+        s.add(lst)
+        s.flush()
+        ct = Contact(campaign_id=c.id, list_id=lst.id, external_key="k", name="F")
+        s.add(ct)
+        s.flush()
+        s.add(PhoneNumber(contact_id=ct.id, e164=number))
+        return ct.id
+
+
+def _attempts(factory: Any, contact_id: int) -> list[CallAttempt]:
+    with factory() as s:
+        return list(s.scalars(select(CallAttempt).where(CallAttempt.contact_id == contact_id)))
+
+
+def _number(last: str) -> str:
+    return "+4930" + str(uuid.uuid4().int)[:6] + last
+
+
+async def _channel_of(admin: AmiClient, uid: str) -> str | None:
+    _, chans = await admin.collect("CoreShowChannels")
+    return next((c["Channel"] for c in chans if c.get("Uniqueid") == uid), None)
+
+
+async def test_given_originate_answer_lost_when_reconnected_then_reconciler_tracks_it_and_nothing_is_resent(
+    sandbox: SandboxInfo,
+    admin_ami: AmiClient,
+    make_proxy: Callable[[int], Awaitable[FaultProxy]],
+    factory: Any,
+) -> None:
+    proxy = await make_proxy(sandbox.ami_port)
+    ami = AmiConnection(
+        sandbox.ami_host,
+        proxy.port,
+        sandbox.ami_user,
+        sandbox.ami_secret,
+        ping_interval=0.5,
+        action_timeout=3,
+        connect_timeout=1,
+        backoff=(0.1, 1.0),
+    )
+    o = Originator(ami, factory, trunk=SIM_TRUNK, ring_timeout=15, answered_context="sim-hold")
+    o.start()
+    try:
+        await ami.start(wait=10)
+        number = _number("8")  # a human who stays on the line
+        cid = _contact(factory, number)
+        proxy.cut_after(b"Action: Originate")
+        aid = await o.dial(cid)
+        await async_until(
+            lambda: ami.connects >= 2 and ami.healthy, 15, message="did not reconnect"
+        )
+        # The call is up in Asterisk; the reconciler found it and keeps tracking it.
+        await async_until(lambda: _channel_of(admin_ami, aid), 10)
+        assert [a.state for a in _attempts(factory, cid)] != [AttemptState.ENDED]
+        assert await admin_ami.db_get("simcount", number) == "1"
+        await admin_ami.send("Hangup", Channel=await _channel_of(admin_ami, aid))
+        await async_until(lambda: _attempts(factory, cid)[0].state is AttemptState.ENDED, 10)
+        attempts = _attempts(factory, cid)
+        assert len(attempts) == 1 and attempts[0].id == aid
+        assert proxy.to_server.count(b"Action: Originate") == 1  # never resent
+        assert await admin_ami.db_get("simcount", number) == "1"
+        assert await admin_ami.db_get("simdup", number) is None
+    finally:
+        await o.stop()
+        await ami.close()
+
+
+async def test_given_a_live_call_when_asterisk_restarts_then_the_attempt_is_settled_once_and_nobody_redialed(
+    own_sandbox: Sandbox,
+    factory: Any,
+) -> None:
+    info = own_sandbox.info()
+    assert info is not None
+    ami = AmiConnection(
+        info.ami_host,
+        info.ami_port,
+        info.ami_user,
+        info.ami_secret,
+        ping_interval=0.5,
+        action_timeout=3,
+        connect_timeout=1,
+        backoff=(0.1, 1.0),
+    )
+    o = Originator(ami, factory, trunk=SIM_TRUNK, ring_timeout=15, answered_context="sim-hold")
+    o.start()
+    try:
+        await ami.start(wait=15)
+        number = _number("8")
+        cid = _contact(factory, number)
+        aid = await o.dial(cid)
+        await async_until(lambda: _attempts(factory, cid)[0].state is AttemptState.ANSWERED, 15)
+        own_sandbox.cli("core restart now")
+        await async_until(lambda: not ami.healthy, 10, message="restart not noticed")
+        await async_until(lambda: ami.healthy, 60, message="no reconnect after restart")
+        # Reconciled after the reconnect: the call died with Asterisk; settled once.
+        await async_until(lambda: _attempts(factory, cid)[0].state is AttemptState.ENDED, 10)
+        attempts = _attempts(factory, cid)
+        assert len(attempts) == 1 and attempts[0].id == aid
+        assert attempts[0].result in (CallResult.HANGUP, CallResult.FAILED)
+        with factory() as s:
+            assert s.scalar(select(func.count()).select_from(CallAttempt)) == 1
+        # Asterisk's own count: AstDB survives the restart; still exactly one call.
+        assert "1" in own_sandbox.cli(f"database get simcount {number}")
+    finally:
+        await o.stop()
+        await ami.close()
