@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 
-MAX_VALUE = 1024  # AMI reads headers into 1 kB+ buffers; longer values are truncated there
+# Asterisk 22 rejects an AMI header line of about 1022 bytes or more ("line too long"),
+# which would turn a long value into a failed action: stay well below, in UTF-8 bytes.
+MAX_VALUE = 900
 _KEY = re.compile(r"[A-Za-z][A-Za-z0-9_()-]{0,79}")
 _BAD = ("\r", "\n", "\0")
 
@@ -26,12 +28,12 @@ def check_value(name: str, value: object, max_len: int = MAX_VALUE) -> str:
         if ch in text:
             what = {"\r": "CR", "\n": "LF", "\0": "NUL"}[ch]
             raise UnsafeValue(f"{name}: contains {what}; refused before sending")
-    if len(text) > max_len:
-        raise UnsafeValue(f"{name}: {len(text)} characters, more than {max_len}; refused")
     try:
-        text.encode("utf-8")
+        size = len(text.encode("utf-8"))
     except UnicodeEncodeError:
         raise UnsafeValue(f"{name}: not valid UTF-8 text; refused") from None
+    if size > max_len:
+        raise UnsafeValue(f"{name}: {size} bytes, more than {max_len}; refused")
     return text
 
 
