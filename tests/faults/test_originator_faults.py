@@ -18,19 +18,11 @@ from outbound.model import (
     AttemptState,
     CallAttempt,
     CallResult,
-    Campaign,
-    Contact,
-    ContactList,
-    DialMode,
-    PhoneNumber,
-    make_engine,
-    session_factory,
-    transaction,
-    upgrade,
 )
 from outbound.sandbox import Sandbox, SandboxInfo
 from tests.faults.proxy import FaultProxy
 from tests.helpers.ami import AmiClient
+from tests.helpers.db import add_contact, migrated_factory
 from tests.helpers.until import async_until
 
 SIM_TRUNK = "Local/${NUMBER}@sim-contacts"
@@ -38,24 +30,7 @@ SIM_TRUNK = "Local/${NUMBER}@sim-contacts"
 
 @pytest.fixture
 def factory(tmp_path: Path):  # type: ignore[no-untyped-def]
-    e = make_engine(f"sqlite:///{tmp_path / 'f.db'}")
-    upgrade(e)
-    return session_factory(e)
-
-
-def _contact(factory: Any, number: str) -> int:
-    with transaction(factory) as s:
-        c = Campaign(name=f"f-{uuid.uuid4().hex[:6]}", mode=DialMode.PREDICTIVE)
-        s.add(c)
-        s.flush()
-        lst = ContactList(campaign_id=c.id, name="l")
-        s.add(lst)
-        s.flush()
-        ct = Contact(campaign_id=c.id, list_id=lst.id, external_key="k", name="F")
-        s.add(ct)
-        s.flush()
-        s.add(PhoneNumber(contact_id=ct.id, e164=number))
-        return ct.id
+    return migrated_factory(tmp_path / "f.db")
 
 
 def _attempts(factory: Any, contact_id: int) -> list[CallAttempt]:
@@ -94,7 +69,7 @@ async def test_given_originate_answer_lost_when_reconnected_then_reconciler_trac
     try:
         await ami.start(wait=10)
         number = _number("8")  # a human who stays on the line
-        cid = _contact(factory, number)
+        cid = add_contact(factory, number)
         proxy.cut_after(b"Action: Originate")
         aid = await o.dial(cid)
         await async_until(
@@ -137,7 +112,7 @@ async def test_given_a_live_call_when_asterisk_restarts_then_the_attempt_is_sett
     try:
         await ami.start(wait=15)
         number = _number("8")
-        cid = _contact(factory, number)
+        cid = add_contact(factory, number)
         aid = await o.dial(cid)
         await async_until(lambda: _attempts(factory, cid)[0].state is AttemptState.ANSWERED, 15)
         own_sandbox.cli("core restart now")

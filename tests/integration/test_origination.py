@@ -16,20 +16,13 @@ from outbound.model import (
     AttemptState,
     CallAttempt,
     CallResult,
-    Campaign,
     Contact,
-    ContactList,
     ContactState,
-    DialMode,
-    PhoneNumber,
-    make_engine,
-    session_factory,
-    transaction,
-    upgrade,
 )
 from outbound.sandbox import SandboxInfo
 from outbound.wire import UnsafeValue
 from tests.helpers.ami import AmiClient
+from tests.helpers.db import add_contact, migrated_factory
 from tests.helpers.until import async_until
 
 SIM_TRUNK = "Local/${NUMBER}@sim-contacts"
@@ -37,26 +30,7 @@ SIM_TRUNK = "Local/${NUMBER}@sim-contacts"
 
 @pytest.fixture
 def factory(tmp_path: Path):  # type: ignore[no-untyped-def]
-    e = make_engine(f"sqlite:///{tmp_path / 'o.db'}")
-    upgrade(e)
-    return session_factory(e)
-
-
-def _contact(factory, number: str) -> int:  # type: ignore[no-untyped-def]
-    with transaction(factory) as s:
-        c = s.scalar(select(Campaign).where(Campaign.name == "orig"))
-        if c is None:
-            c = Campaign(name="orig", mode=DialMode.PROGRESSIVE)
-            s.add(c)
-            s.flush()
-            s.add(ContactList(campaign_id=c.id, name="l"))
-            s.flush()
-        lst = s.scalar(select(ContactList.id).where(ContactList.campaign_id == c.id))
-        ct = Contact(campaign_id=c.id, list_id=lst, external_key=uuid.uuid4().hex, name="X")
-        s.add(ct)
-        s.flush()
-        s.add(PhoneNumber(contact_id=ct.id, e164=number))
-        return ct.id
+    return migrated_factory(tmp_path / "o.db")
 
 
 @pytest.fixture
@@ -97,7 +71,7 @@ async def test_given_human_contact_when_dialed_then_asterisk_has_the_call_up_und
     cdr_rows: Callable[[], list[dict[str, str]]],
 ) -> None:
     number = _number() + "0"  # last digit 0: answers as a human
-    cid = _contact(factory, number)
+    cid = add_contact(factory, number)
     aid = await originator.dial(cid)
     # The attempt row existed before the Originate (it is the ChannelId).
     await async_until(
@@ -138,7 +112,7 @@ async def test_given_unanswered_contact_then_result_comes_from_asterisk_and_trea
 ) -> None:
     number = _number()
     sandbox_instance.cli(f"database put simscenario {number} {scenario}")
-    cid = _contact(factory, number)
+    cid = add_contact(factory, number)
     aid = await originator.dial(cid)
     await async_until(
         lambda: _attempt(factory, aid).state is AttemptState.ENDED,
@@ -168,7 +142,7 @@ async def test_given_unsafe_caller_id_then_refused_before_any_row_or_call(
     admin_ami: AmiClient,
 ) -> None:
     number = _number() + "0"
-    cid = _contact(factory, number)
+    cid = add_contact(factory, number)
     with pytest.raises(UnsafeValue):
         await originator.dial(cid, caller_id="Eve\r\nAction: Originate")
     with factory() as s:
@@ -182,7 +156,7 @@ async def test_given_contact_in_a_call_when_dialed_again_then_refused(
     admin_ami: AmiClient,
 ) -> None:
     number = _number() + "0"
-    cid = _contact(factory, number)
+    cid = add_contact(factory, number)
     aid = await originator.dial(cid)
     with pytest.raises(Exception, match="already in"):
         await originator.dial(cid)

@@ -17,18 +17,10 @@ from ami_bridge.originator import Originator
 from outbound.model import (
     AttemptState,
     CallAttempt,
-    Campaign,
-    Contact,
-    ContactList,
-    DialMode,
-    PhoneNumber,
-    make_engine,
-    session_factory,
-    transaction,
-    upgrade,
 )
 from outbound.sandbox import Sandbox, SandboxInfo, free_port
 from tests.helpers.ami import AmiClient
+from tests.helpers.db import add_contact, migrated_factory
 from tests.helpers.until import async_until, until
 
 TRUNK_CONF = """
@@ -93,21 +85,8 @@ async def test_given_pjsip_trunk_answered_by_sipp_when_dialed_then_asterisk_show
     admin_ami: AmiClient,
     cdr_rows: Callable[[], list[dict[str, str]]],
 ) -> None:
-    e = make_engine(f"sqlite:///{tmp_path / 't.db'}")
-    upgrade(e)
-    f = session_factory(e)
-    with transaction(f) as s:
-        c = Campaign(name="sip", mode=DialMode.PROGRESSIVE)
-        s.add(c)
-        s.flush()
-        lst = ContactList(campaign_id=c.id, name="l")
-        s.add(lst)
-        s.flush()
-        ct = Contact(campaign_id=c.id, list_id=lst.id, external_key="k", name="Sip")
-        s.add(ct)
-        s.flush()
-        s.add(PhoneNumber(contact_id=ct.id, e164="+4930" + str(uuid.uuid4().int)[:7]))
-        cid = ct.id
+    f = migrated_factory(tmp_path / "t.db")
+    cid = add_contact(f, "+4930" + str(uuid.uuid4().int)[:7])
     ami = AmiConnection(sandbox.ami_host, sandbox.ami_port, sandbox.ami_user, sandbox.ami_secret)
     o = Originator(ami, f, trunk="PJSIP/${NUMBER}@sipp-trunk", answered_context="sim-hold")
     o.start()

@@ -1,0 +1,54 @@
+"""Test data in a real (migrated) database: a session factory and contacts to dial."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from outbound.model import (
+    Campaign,
+    Contact,
+    ContactList,
+    DialMode,
+    PhoneNumber,
+    make_engine,
+    session_factory,
+    transaction,
+    upgrade,
+)
+
+
+def migrated_factory(path: Path) -> sessionmaker[Session]:
+    """A session factory on a fresh SQLite file migrated to the newest schema."""
+    e = make_engine(f"sqlite:///{path}")
+    upgrade(e)
+    return session_factory(e)
+
+
+def add_contact(
+    factory: sessionmaker[Session],
+    number: str,
+    *,
+    campaign: str = "test",
+    mode: DialMode = DialMode.PROGRESSIVE,
+    **campaign_fields: Any,
+) -> int:
+    """A contact with one number in `campaign` (created with its list when missing)."""
+    with transaction(factory) as s:
+        c = s.scalar(select(Campaign).where(Campaign.name == campaign))
+        if c is None:
+            c = Campaign(name=campaign, mode=mode, **campaign_fields)
+            s.add(c)
+            s.flush()
+            s.add(ContactList(campaign_id=c.id, name="l"))
+            s.flush()
+        lst = s.scalar(select(ContactList.id).where(ContactList.campaign_id == c.id))
+        ct = Contact(campaign_id=c.id, list_id=lst, external_key=uuid.uuid4().hex, name="X")
+        s.add(ct)
+        s.flush()
+        s.add(PhoneNumber(contact_id=ct.id, e164=number))
+        return ct.id
