@@ -19,7 +19,7 @@ from outbound.errors import Conflict, NotFound
 from outbound.model import CallAttempt
 
 from .commands import CommandConsumer, NoSuchCall
-from .connection import AmiConnection
+from .connection import AmiActionFailed, AmiConnection
 from .control import CallControl, DialTemplates, Interaction
 from .originator import Originator
 from .rights import ensure_least_privilege
@@ -32,6 +32,11 @@ HEALTH_TTL_S = 5
 
 def health_key(server: str) -> str:
     return f"{names.REDIS_PREFIX}health:bridge:{server}"
+
+
+def live_key(server: str) -> str:
+    """The snapshot of Asterisk's channels, bridges and conferences at the last resync."""
+    return f"{names.REDIS_PREFIX}live:{server}"
 
 
 class Bridge:
@@ -74,6 +79,7 @@ class Bridge:
         self.control.attach()
         self.sessions = AgentSessions(self.ami, on_session_end=self._session_end)
         self.sessions.attach()
+        self.ami.on_ready(self._resync_snapshot)
         self.commands = CommandConsumer(redis, self.server, consumer)
         for kind, handler in {
             "dial": self._dial,
@@ -161,6 +167,24 @@ class Bridge:
             return result
 
         return handler
+
+    async def _resync_snapshot(self) -> None:
+        """After every (re)connection: what Asterisk has now (CoreShowChannels, BridgeList,
+        ConfbridgeListRooms), kept in Redis for the dashboard and health. The originator,
+        call control and sessions resync their own state from the same connection."""
+        channels = await self.ami.send_list("CoreShowChannels")
+        bridges = await self.ami.send_list("BridgeList")
+        try:
+            rooms = await self.ami.send_list("ConfbridgeListRooms")
+        except AmiActionFailed:  # "No active conferences."
+            rooms = []
+        snap = {
+            "channels": len(channels),
+            "bridges": len(bridges),
+            "conferences": sorted(str(r.get("Conference")) for r in rooms),
+            "ts": time.time(),
+        }
+        await self.redis.set(live_key(self.server), json.dumps(snap))
 
     def _publish(self, event: dict[str, Any]) -> None:
         """Call events out: connecting, ringing, answered, connected, ended (with result),

@@ -14,7 +14,7 @@ import redis
 import redis.asyncio as aredis
 
 from ami_bridge.rights import TooManyRights
-from ami_bridge.service import Bridge, health_key
+from ami_bridge.service import Bridge, health_key, live_key
 from outbound import live, names
 from outbound.commands import CommandFailed, send_command
 from outbound.config import load_config
@@ -82,6 +82,9 @@ async def test_given_dialer_account_then_bridge_runs_reports_health_and_answers_
             lambda: r.get(health_key(server)) is not None, 10, message="no health record"
         )
         assert json.loads(r.get(health_key(server)))["healthy"] is True  # type: ignore[arg-type]
+        # The resync on connect asked Asterisk for channels, bridges and conferences.
+        snap = json.loads(r.get(live_key(server)))  # type: ignore[arg-type]
+        assert set(snap) >= {"channels", "bridges", "conferences"}
         gone = str(uuid.uuid4())
         with pytest.raises(CommandFailed, match=f"call {gone} does not exist"):
             await asyncio.to_thread(send_command, r, server, "end", {"attempt_id": gone}, 5)
