@@ -83,6 +83,40 @@ def run_bridge(obj: Ctx) -> None:
     asyncio.run(go())
 
 
+@run.command("agi")
+@click.pass_obj
+@errors
+def run_agi(obj: Ctx) -> None:
+    """The FastAGI server the dialplan calls on answered legs (route `classify`)."""
+    import asyncio
+    import logging
+    import signal
+
+    from agi_scripts.classify import make_classify
+    from agi_scripts.server import AgiServer
+
+    from . import names
+
+    logging.basicConfig(
+        level=obj.config.get("log", "level"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    async def go() -> None:
+        server = AgiServer(obj.config.get("agi", "host"), obj.config.get("agi", "port"))
+        server.route(names.AGI_CLASSIFY, make_classify(obj.factory))
+        port = await server.start()
+        click.echo(f"FastAGI listening on {obj.config.get('agi', 'host')}:{port}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.close()
+
+    asyncio.run(go())
+
+
 # ---------------------------------------------------------------- demo
 @main.command("demo")
 @click.option("--contacts", "n", default=10, show_default=True, help="Simulated contacts.")

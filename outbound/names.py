@@ -16,6 +16,7 @@ VAR_AGENT = "OUTBOUND_AGENT"
 VAR_NEXT = "OUTBOUND_NEXT"  # set by the classify AGI: an extension of CTX_AFTER_CLASSIFY
 VAR_AGI_BASE = "OUTBOUND_AGI_BASE"
 VAR_ABANDON_PROMPT = "OUTBOUND_ABANDON_PROMPT"
+VAR_MESSAGE = "OUTBOUND_MESSAGE"  # left on an answering machine
 
 # --- dialplan contexts (asterisk_conf/extensions_outbound.conf) ---
 CTX_DIAL = "outbound-dial"

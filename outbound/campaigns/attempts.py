@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import Conflict, NotFound
 from ..model import (
+    Agent,
     AttemptState,
     CallAttempt,
     CallResult,
@@ -104,6 +105,8 @@ def create_attempt(
     )
     if live is not None:
         raise Conflict(f"contact {contact_id} is already in call attempt {live}")
+    if agent_id is not None and s.get(Agent, agent_id) is None:
+        raise NotFound(f"no agent with id {agent_id!r}")
     numbers = contact.numbers
     if e164 is None:
         if not numbers:

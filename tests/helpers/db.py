@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from outbound.model import (
+    Agent,
     Campaign,
     Contact,
     ContactList,
@@ -27,6 +28,18 @@ def migrated_factory(path: Path) -> sessionmaker[Session]:
     e = make_engine(f"sqlite:///{path}")
     upgrade(e)
     return session_factory(e)
+
+
+def add_agent(factory: sessionmaker[Session], agent_id: str, phone: str = "") -> str:
+    with transaction(factory) as s:
+        s.add(
+            Agent(
+                id=agent_id,
+                name=f"Agent {agent_id}",
+                extension=phone or f"Local/{agent_id}@sim-phones",
+            )
+        )
+    return agent_id
 
 
 def add_contact(

@@ -1,0 +1,97 @@
+"""Answer classification on the sandbox: the answered leg runs our FastAGI `classify`
+route, Asterisk's AMD hears the simulated greeting, and the call is routed: a human into
+the reserved agent's conference, a machine hung up; the verdict is stored on the attempt."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agi_scripts.classify import make_classify
+from agi_scripts.server import AgiServer
+from ami_bridge.connection import AmiConnection
+from ami_bridge.originator import Originator
+from ami_bridge.sessions import AgentSessions
+from outbound import names
+from outbound.model import AttemptState, CallAttempt, CallResult
+from outbound.sandbox import SandboxInfo
+from tests.helpers.ami import AmiClient, AmiError
+from tests.helpers.db import add_agent, add_contact, migrated_factory
+from tests.helpers.until import async_until
+
+
+@pytest.fixture
+async def stack(sandbox: SandboxInfo, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    factory = migrated_factory(tmp_path / "c.db")
+    agi = AgiServer("127.0.0.1", sandbox.agi_port, header_timeout=5, answer_timeout=30)
+    agi.route(names.AGI_CLASSIFY, make_classify(factory))
+    await agi.start()
+    ami = AmiConnection(sandbox.ami_host, sandbox.ami_port, sandbox.ami_user, sandbox.ami_secret)
+    o = Originator(ami, factory, trunk="Local/${NUMBER}@sim-contacts", ring_timeout=15)
+    sessions = AgentSessions(ami)
+    sessions.attach()
+    o.start()
+    await ami.start(wait=15)
+    yield {"factory": factory, "originator": o, "sessions": sessions}
+    await o.stop()
+    await ami.close()
+    await agi.close()
+
+
+def _attempt(factory: Any, aid: str) -> CallAttempt:
+    with factory() as s:
+        a = s.get(CallAttempt, aid)
+        assert a is not None
+        return a
+
+
+async def _members(admin: AmiClient, conference: str) -> list[str]:
+    try:
+        _, ev = await admin.collect("ConfbridgeList", Conference=conference)
+    except AmiError:
+        return []
+    return [e["Uniqueid"] for e in ev]
+
+
+async def test_given_a_human_greeting_and_a_reserved_agent_then_connected_to_the_agents_bridge(
+    stack: dict[str, Any], admin_ami: AmiClient
+) -> None:
+    agent = add_agent(stack["factory"], str(50000 + uuid.uuid4().int % 9999))
+    await stack["sessions"].login(agent, f"Local/{uuid.uuid4().int % 10**6}@sim-phones")
+    await stack["sessions"].wait_up(agent, timeout=10)
+    number = "+4930" + str(uuid.uuid4().int)[:6] + "8"  # "hello", then listens
+    cid = add_contact(stack["factory"], number)
+    aid = await stack["originator"].dial(cid, agent_id=agent)
+    conf = names.agent_bridge(agent)
+    await async_until(lambda: _has(admin_ami, conf, aid), 15, message="human not connected")
+    await async_until(lambda: _attempt(stack["factory"], aid).state is AttemptState.CONNECTED, 5)
+    a = _attempt(stack["factory"], aid)
+    assert a.amd_status == "HUMAN"
+    assert a.audit["route"] == "connect"
+    await stack["sessions"].logout(agent)  # the agent leaves: the contact's call ends
+    await async_until(lambda: _attempt(stack["factory"], aid).state is AttemptState.ENDED, 10)
+    assert _attempt(stack["factory"], aid).result is CallResult.ANSWERED
+
+
+async def test_given_a_machine_greeting_then_hung_up_and_recorded_as_answering_machine(
+    stack: dict[str, Any], admin_ami: AmiClient
+) -> None:
+    number = "+4930" + str(uuid.uuid4().int)[:6] + "4"  # a long voicemail greeting
+    cid = add_contact(stack["factory"], number)
+    aid = await stack["originator"].dial(cid, agent_id=add_agent(stack["factory"], "77"))
+    await async_until(
+        lambda: _attempt(stack["factory"], aid).state is AttemptState.ENDED,
+        20,
+        message="machine call not ended",
+    )
+    a = _attempt(stack["factory"], aid)
+    assert a.amd_status == "MACHINE" and a.result is CallResult.ANSWERING_MACHINE
+    assert await _members(admin_ami, names.agent_bridge("77")) == []
+
+
+async def _has(admin: AmiClient, conference: str, uid: str) -> bool:
+    return uid in await _members(admin, conference)
