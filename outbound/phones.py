@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import phonenumbers
 from phonenumbers import NumberParseException, re_util
 from phonenumbers import timezone as pn_timezone
@@ -43,16 +41,15 @@ def normalize(raw: str, region: str) -> str:
     return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
 
 
-@lru_cache(maxsize=4096)
-def _tz_for_prefix(e164_prefix: str) -> tuple[str, ...]:
-    num = phonenumbers.parse(e164_prefix)
-    return tuple(pn_timezone.time_zones_for_number(num))
+def _zones(e164: str) -> tuple[str, ...]:
+    # No cache here: keyed by the whole number it would almost never hit.
+    return tuple(pn_timezone.time_zones_for_number(phonenumbers.parse(e164)))
 
 
 def timezone_for(e164: str) -> str | None:
     """The number's time zone when phonenumbers names exactly one, else None (unknown)."""
     try:
-        zones = _tz_for_prefix(e164)
+        zones = _zones(e164)
     except NumberParseException:
         return None
     zones = tuple(z for z in zones if z != "Etc/Unknown")

@@ -51,19 +51,11 @@ async def test_given_originate_answer_lost_when_reconnected_then_reconciler_trac
     sandbox: SandboxInfo,
     admin_ami: AmiClient,
     make_proxy: Callable[[int], Awaitable[FaultProxy]],
+    make_ami: Callable[..., AmiConnection],
     factory: Any,
 ) -> None:
     proxy = await make_proxy(sandbox.ami_port)
-    ami = AmiConnection(
-        sandbox.ami_host,
-        proxy.port,
-        sandbox.ami_user,
-        sandbox.ami_secret,
-        ping_interval=0.5,
-        action_timeout=3,
-        connect_timeout=1,
-        backoff=(0.1, 1.0),
-    )
+    ami = make_ami(sandbox, proxy.port)
     o = Originator(ami, factory, trunk=SIM_TRUNK, ring_timeout=15, answered_context="sim-hold")
     o.start()
     try:
@@ -87,26 +79,17 @@ async def test_given_originate_answer_lost_when_reconnected_then_reconciler_trac
         assert await admin_ami.db_get("simcount", number) == "1"
         assert await admin_ami.db_get("simdup", number) is None
     finally:
-        await o.stop()
-        await ami.close()
+        await o.stop()  # make_ami closes the connection
 
 
 async def test_given_a_live_call_when_asterisk_restarts_then_the_attempt_is_settled_once_and_nobody_redialed(
     own_sandbox: Sandbox,
+    make_ami: Callable[..., AmiConnection],
     factory: Any,
 ) -> None:
     info = own_sandbox.info()
     assert info is not None
-    ami = AmiConnection(
-        info.ami_host,
-        info.ami_port,
-        info.ami_user,
-        info.ami_secret,
-        ping_interval=0.5,
-        action_timeout=3,
-        connect_timeout=1,
-        backoff=(0.1, 1.0),
-    )
+    ami = make_ami(info)
     o = Originator(ami, factory, trunk=SIM_TRUNK, ring_timeout=15, answered_context="sim-hold")
     o.start()
     try:
@@ -128,5 +111,4 @@ async def test_given_a_live_call_when_asterisk_restarts_then_the_attempt_is_sett
         # Asterisk's own count: AstDB survives the restart; still exactly one call.
         assert "1" in own_sandbox.cli(f"database get simcount {number}")
     finally:
-        await o.stop()
-        await ami.close()
+        await o.stop()  # make_ami closes the connection

@@ -18,20 +18,10 @@ from ami_bridge.service import Bridge, health_key, live_key
 from outbound import live, names
 from outbound.commands import CommandFailed, send_command
 from outbound.config import load_config
-from outbound.model import (
-    Agent,
-    Campaign,
-    Contact,
-    ContactList,
-    DialMode,
-    PhoneNumber,
-    make_engine,
-    session_factory,
-    transaction,
-    upgrade,
-)
+from outbound.model import make_engine, session_factory, upgrade
 from outbound.sandbox import SandboxInfo
 from tests.helpers.ami import AmiClient, AmiError
+from tests.helpers.db import add_agent, add_contact
 from tests.helpers.until import async_until
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -101,22 +91,11 @@ async def test_given_bridge_when_agent_logs_in_and_works_a_call_by_commands_then
     server = f"srv-{uuid.uuid4().hex[:6]}"
     cfg = _config(sandbox, tmp_path, sandbox.ami_user, sandbox.ami_secret, server)
     f = session_factory(make_engine(cfg.database_url))
-    agent, ext = str(70000 + int(uuid.uuid4().int % 9999)), str(uuid.uuid4().int)[:6]
-    with transaction(f) as s:
-        c = Campaign(name="b", mode=DialMode.PROGRESSIVE)
-        s.add(c)
-        s.flush()
-        lst = ContactList(campaign_id=c.id, name="l")
-        s.add(lst)
-        s.add(Agent(id=agent, name="A", extension=f"Local/{ext}@sim-phones"))
-        s.add(Agent(id="99", name="Other", extension="Local/99@sim-phones"))
-        s.flush()
-        ct = Contact(campaign_id=c.id, list_id=lst.id, external_key="k", name="C")
-        s.add(ct)
-        s.flush()
-        number = "+4930" + str(uuid.uuid4().int)[:6] + "8"  # human, talks long
-        s.add(PhoneNumber(contact_id=ct.id, e164=number))
-        contact_id = ct.id
+    ext = str(uuid.uuid4().int)[:6]
+    agent = add_agent(f, str(70000 + int(uuid.uuid4().int % 9999)), f"Local/{ext}@sim-phones")
+    add_agent(f, "99")
+    number = "+4930" + str(uuid.uuid4().int)[:6] + "8"  # human, talks long
+    contact_id = add_contact(f, number)
     b = Bridge(cfg, f, aredis.Redis.from_url(REDIS_URL))
     task = asyncio.ensure_future(b.run())
     r = redis.Redis.from_url(REDIS_URL)

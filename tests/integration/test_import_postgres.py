@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from outbound import contacts_store
@@ -21,28 +20,20 @@ from outbound.contacts_import import import_contacts
 from outbound.model.db import make_engine, session_factory, transaction, upgrade
 from outbound.model.tables import Campaign, Contact, PhoneNumber
 from outbound.model.types import DialMode, PhoneType
+from tests.conftest import scratch_pg_database
 
 ROOT = Path(__file__).resolve().parents[2]
-ADMIN_URL = os.environ.get(
-    "OUTBOUND_TEST_PG_IMPORT", "postgresql+psycopg://postgres@127.0.0.1/test"
-)
 
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Engine]:
-    name = f"ob_import_{os.getpid()}_{time.time_ns() % 10**6}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    eng = make_engine(ADMIN_URL.rsplit("/", 1)[0] + "/" + name)
-    try:
-        upgrade(eng)
-        yield eng
-    finally:
-        eng.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_pg_database() as url:
+        eng = make_engine(url)
+        try:
+            upgrade(eng)
+            yield eng
+        finally:
+            eng.dispose()
 
 
 @pytest.fixture
