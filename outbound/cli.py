@@ -92,10 +92,10 @@ def run_agi(obj: Ctx) -> None:
     import logging
     import signal
 
-    from agi_scripts.classify import make_classify
-    from agi_scripts.server import AgiServer
+    import redis.asyncio as aredis
 
-    from . import names
+    from agi_scripts.routes import register
+    from agi_scripts.server import AgiServer
 
     logging.basicConfig(
         level=obj.config.get("log", "level"),
@@ -104,7 +104,7 @@ def run_agi(obj: Ctx) -> None:
 
     async def go() -> None:
         server = AgiServer(obj.config.get("agi", "host"), obj.config.get("agi", "port"))
-        server.route(names.AGI_CLASSIFY, make_classify(obj.factory))
+        register(server, obj.factory, aredis.Redis.from_url(obj.config.redis_url))
         port = await server.start()
         click.echo(f"FastAGI listening on {obj.config.get('agi', 'host')}:{port}")
         stop = asyncio.Event()

@@ -132,8 +132,12 @@ async def test_given_the_caller_hangs_up_during_classify_then_the_handler_gets_a
         ready.set()
         await asyncio.wait_for(release.wait(), 10)
         try:
-            await session.get_variable(names.VAR_ATTEMPT_ID)
-            outcome.append("answered")
+            # Asterisk flags the hangup to the AGI asynchronously: a command sent in the
+            # same instant may still be answered, a later one is not.
+            for _ in range(25):
+                await session.get_variable(names.VAR_ATTEMPT_ID)
+                outcome.append("answered")
+                await asyncio.sleep(0.2)
         except AgiHangup as exc:
             outcome.append(f"hangup: {exc}")
             raise
@@ -153,10 +157,11 @@ async def test_given_the_caller_hangs_up_during_classify_then_the_handler_gets_a
     )
     await asyncio.wait_for(ready.wait(), 15)
     await admin_ami.send("Hangup", Channel=channels[0])
-    # The channel lives on in AGI until the script lets go: its next command learns
+    # The channel lives on in AGI until the script lets go: its next commands learn
     # of the hangup (the HANGUP line, or 511 for the command).
     release.set()
     await async_until(lambda: agi_server.stats["hangups"] == 1, timeout=5)
     await admin_ami.wait_event("Hangup", Uniqueid=uid)
-    assert len(outcome) == 1 and outcome[0].startswith("hangup"), outcome
+    assert outcome and outcome[-1].startswith("hangup"), outcome
+    assert len(outcome) <= 2, outcome  # at most the one command racing the hangup
     assert agi_server.stats["errors"] == 0 and agi_server.open_sessions == 0
