@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from .cli_admin import COMMANDS
+from .cli_amd import amd
 from .cli_common import Ctx, errors
 from .cli_sandbox import sandbox
 
@@ -47,6 +48,7 @@ def main(ctx: click.Context, config_path: str | None, sets: tuple[str, ...]) -> 
 
 for _cmd in [*COMMANDS, sandbox]:
     main.add_command(_cmd)
+main.add_command(amd)
 
 
 # ---------------------------------------------------------------- run

@@ -182,7 +182,19 @@ class CallAttempt(Base):
     hangup_cause: Mapped[int | None] = mapped_column(Integer)
     amd_status: Mapped[str | None] = mapped_column(String(20))
     amd_cause: Mapped[str | None] = mapped_column(String(60))
-    feedback: Mapped[str | None] = mapped_column(String(20))  # agent/supervisor correction
+    # Classification feedback, kept beside the AMD decision above (never overwriting it), so
+    # that error rates per campaign and trunk can be measured (outbound.campaigns.feedback).
+    # `feedback`: the connected agent's flag ("machine": AMD said human, it was not).
+    feedback: Mapped[str | None] = mapped_column(String(20))
+    feedback_by: Mapped[str | None] = mapped_column(String(32))  # agent id (kept if deleted)
+    feedback_at: Mapped[datetime | None] = mapped_column()
+    feedback_note: Mapped[str | None] = mapped_column(String(500))
+    # `review`: a supervisor's verdict ("human" / "machine") on a machine-classified call or
+    # on an agent's flag; when present it wins over the flag.
+    review: Mapped[str | None] = mapped_column(String(20))
+    reviewed_by: Mapped[str | None] = mapped_column(String(32))
+    reviewed_at: Mapped[datetime | None] = mapped_column()
+    review_note: Mapped[str | None] = mapped_column(String(500))
     disposition: Mapped[str | None] = mapped_column(String(60))
     is_callback: Mapped[bool] = mapped_column(Boolean, default=False)
     audit: Mapped[dict[str, Any]] = mapped_column(default=dict)  # which rules allowed the dial
