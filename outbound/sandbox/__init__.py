@@ -14,7 +14,9 @@ The package is split by responsibility:
   ``SandboxInfo`` and ``list_instances``;
 * ``conf``: the configuration files from the ``asterisk_conf`` package and their
   ``@@KEY@@`` templating;
-* ``probes``: free ports, pid and AMI-login checks.
+* ``probes``: free ports, pid and AMI-login checks;
+* ``corpus``: the greeting corpus (espeak-ng + sox) every instance gets in
+  ``sounds/corpus`` for the ``greet_<file>`` simulated contacts.
 
 Import from here (``from outbound.sandbox import Sandbox``); the submodules are an
 implementation detail.
@@ -24,6 +26,7 @@ Pure standard library plus subprocess: no panoramisk, celery or web imports here
 
 from __future__ import annotations
 
+from .corpus import CORPUS, CorpusFile, Greeting, ensure_corpus, load_manifest, scenario
 from .instance import Sandbox, SandboxInfo, list_instances
 from .probes import free_port
 from .root import (
@@ -41,7 +44,10 @@ from .root import (
 
 __all__ = [
     "CACHE_ENV",
+    "CORPUS",
+    "CorpusFile",
     "DEBIAN_MIRROR",
+    "Greeting",
     "MIN_MAJOR",
     "PACKAGES",
     "SUITE",
@@ -51,7 +57,10 @@ __all__ = [
     "SandboxInfo",
     "asterisk_version",
     "default_cache_dir",
+    "ensure_corpus",
     "ensure_root",
     "free_port",
     "list_instances",
+    "load_manifest",
+    "scenario",
 ]

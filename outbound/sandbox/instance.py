@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .conf import _conf_files, _render
+from .corpus import install_corpus
 from .probes import _ami_login, _cmdline, _pid_alive, _port_taken, free_port
 from .root import (
     Log,
@@ -117,6 +118,12 @@ class Sandbox:
         dialplan or PJSIP objects write ``extensions_sandbox_extra.conf`` or
         ``pjsip_sandbox_extra.conf`` here and reload (``cli("dialplan reload")``)."""
         return self.instance_dir / "etc"
+
+    @property
+    def corpus_dir(self) -> Path:
+        """Host path of the instance's copy of the greeting corpus (``corpus.py``):
+        the ``greet_<file>`` simulated contacts play it from here."""
+        return self.instance_dir / "sounds" / "corpus"
 
     @property
     def console_log_path(self) -> Path:
@@ -285,6 +292,7 @@ class Sandbox:
         for sub in ("etc", "run", "log/cdr-csv", "spool", "lib/keys", "cache"):
             (self.instance_dir / sub).mkdir(parents=True, exist_ok=True)
         self.instance_dir.chmod(0o700)  # secrets live in etc/manager.conf and state.json
+        install_corpus(self.corpus_dir, self.cache_dir, self.log)
         values = {
             "NAME": self.name,
             "INSTANCE": self.inner_dir,
