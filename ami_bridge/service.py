@@ -23,7 +23,7 @@ from .connection import AmiActionFailed, AmiConnection
 from .control import CallControl, DialTemplates, Interaction
 from .originator import Originator
 from .rights import ensure_least_privilege
-from .sessions import AgentSessions
+from .sessions import AgentSession, AgentSessions, NotLoggedIn, SessionState
 
 log = logging.getLogger("ami_bridge.service")
 
@@ -77,7 +77,9 @@ class Bridge:
             ),
         )
         self.control.attach()
-        self.sessions = AgentSessions(self.ami, on_session_end=self._session_end)
+        self.sessions = AgentSessions(
+            self.ami, on_session_end=self._session_end, on_session_up=self._session_up
+        )
         self.sessions.attach()
         self.ami.on_ready(self._resync_snapshot)
         self.commands = CommandConsumer(redis, self.server, consumer)
@@ -86,6 +88,8 @@ class Bridge:
             "end": self._end,
             "login": self._login,
             "logout": self._logout,
+            "ready": self._ready(True),
+            "not_ready": self._ready(False),
             "hold": self._call_action("hold"),
             "resume": self._call_action("resume"),
             "transfer": self._call_action("transfer", "target"),
@@ -119,17 +123,70 @@ class Bridge:
         )
         return {"agent_id": agent_id, "channel_id": sess.channel_id}
 
+    def _session_of(self, args: dict[str, Any]) -> AgentSession:
+        """The live session a command is about: by `agent_id` (the agent's page) or by
+        `phone` (a feature code dialled on the desk phone). NotLoggedIn if none."""
+        if args.get("agent_id") is not None:
+            sess = self.sessions.session(str(args["agent_id"]))
+            if sess is None or sess.machine.terminal:
+                raise NotLoggedIn(f"agent {args['agent_id']} is not logged in")
+            return sess
+        phone = str(args.get("phone", ""))
+        found = self.sessions.on_phone(phone) if phone else None
+        if found is None:
+            raise NotLoggedIn(f"no agent is logged in on phone {phone!r}")
+        return found
+
     async def _logout(self, args: dict[str, Any]) -> dict[str, Any]:
-        agent_id = str(args["agent_id"])
+        agent_id = self._session_of(args).agent_id
         await self.sessions.logout(agent_id)
         await self.sessions.wait_ended(agent_id)
         return {"agent_id": agent_id}
+
+    def _ready(self, ready: bool) -> Any:
+        """ready / not_ready: the agent takes calls or not. Only a session in its
+        conference can be ready (NotLoggedIn otherwise); the bridge writes live state,
+        so the agent's page and a desk-phone code never race each other's writes."""
+
+        async def handler(args: dict[str, Any]) -> dict[str, Any]:
+            sess = self._session_of(args)
+            if ready and sess.state is not SessionState.UP:
+                raise NotLoggedIn(f"agent {sess.agent_id} is not in the conference ({sess.state})")
+            reason = str(args.get("reason") or ("phone" if "phone" in args else "page"))[:40]
+            await self.redis.hset(
+                live.agent_key(sess.agent_id),
+                mapping=live.agent_fields(sess.state.value, ready=ready, reason=reason),
+            )
+            self._publish(
+                {
+                    "event": "agent_ready" if ready else "agent_not_ready",
+                    "agent_id": sess.agent_id,
+                    "reason": reason,
+                }
+            )
+            log.info("agent %s %s (%s)", sess.agent_id, "ready" if ready else "not ready", reason)
+            return {"agent_id": sess.agent_id, "ready": ready}
+
+        return handler
+
+    async def _session_up(self, sess: AgentSession) -> None:
+        """A session joined its conference. One a desk phone started (*51) was not
+        announced by a login command: it is written up here, not ready until *52."""
+        if sess.origin == "phone":
+            await self.redis.hset(
+                live.agent_key(sess.agent_id),
+                mapping=live.agent_fields("up", ready=False, reason="phone_login"),
+            )
+        self._publish(
+            {"event": "agent_session_up", "agent_id": sess.agent_id, "origin": sess.origin}
+        )
 
     async def _session_end(self, agent_id: str, reason: str) -> None:
         """The phone hung up (or login failed, or logout): the agent is not ready."""
         await self.redis.hset(
             live.agent_key(agent_id), mapping=live.agent_fields("ended", ready=False, reason=reason)
         )
+        self._publish({"event": "agent_session_ended", "agent_id": agent_id, "reason": reason})
         log.info("agent %s session ended (%s): not ready", agent_id, reason)
 
     # ------------------------------------------------------------ call actions

@@ -11,6 +11,16 @@ Per-session state machine: logging_in --joined--> up --logout--> logging_out --h
 ended; up --left--> away (out of the conference: no calls) --joined--> up; a hangup ends
 every state. A ConfbridgeLeave alone does not end the session: the phone leg's hangup
 follows it at once (outbound-agent hangs up after ConfBridge) and says why.
+
+A desk phone can start a session itself (feature code *51, asterisk_conf
+[outbound-phone-session]): after the PIN check the dialplan raises the UserEvent
+OutboundPhoneLogin (Agent, Phone) on the phone's call and takes that call into the
+agent's conference. That event adopts the call as a session (origin "phone", state
+logging_in, keyed by the event's Uniqueid), and its ConfbridgeJoin makes it up, exactly
+like an originated one; its Hangup ends it ("phone_hangup", or "logout" after `logout`).
+A second phone for an agent who already has a live session is hung up (one session leg
+per agent). Should the bridge miss the event (it was reconnecting), `resync` finds the
+leg as the marked member of outbound-agent-<id> (ConfbridgeList) and adopts it as up.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from ami_bridge.actions import NoSuchChannel
 from ami_bridge.connection import AmiConnection, AmiError
 from ami_bridge.control import StateMachine
 from outbound import names
+from outbound.agents import phone_of
 from outbound.errors import Conflict, Invalid, OutboundError
 
 log = logging.getLogger("ami_bridge.sessions")
@@ -106,6 +117,7 @@ class AgentSession:
     channel_id: str  # our ChannelId = the Uniqueid of the phone's leg
     machine: StateMachine[Any, Any]
     channel: str = ""  # the channel's name, once Asterisk told it
+    origin: str = "login"  # "login": originated by us; "phone": started by a feature code
     started: float = field(default_factory=time.time)
     up_since: float | None = None
     end_reason: str | None = None
@@ -118,6 +130,7 @@ class AgentSession:
 
 
 SessionEndHook = Callable[[str, str], Any]
+SessionUpHook = Callable[["AgentSession"], Any]
 
 
 class AgentSessions:
@@ -125,17 +138,21 @@ class AgentSessions:
 
     `on_session_end(agent_id, reason)` (sync or async) runs once per session; reasons:
     "phone_hangup", "logout", "lost" (gone after a reconnect), or a failed login's
-    "no_answer", "busy", "rejected", "congestion", "failed"."""
+    "no_answer", "busy", "rejected", "congestion", "failed".
+    `on_session_up(session)` (sync or async) runs once when a session first joins its
+    conference: how the owner learns of a session a desk phone started."""
 
     def __init__(
         self,
         conn: AmiConnection,
         *,
         on_session_end: SessionEndHook | None = None,
+        on_session_up: SessionUpHook | None = None,
         answer_timeout: float = 30.0,
         caller_id: str = "Outbound login",
     ) -> None:
         self.conn, self.on_session_end = conn, on_session_end
+        self.on_session_up = on_session_up
         self.answer_timeout, self.caller_id = answer_timeout, caller_id
         self._sessions: dict[str, AgentSession] = {}
         self._by_channel: dict[str, AgentSession] = {}
@@ -143,7 +160,13 @@ class AgentSessions:
 
     def attach(self) -> None:
         """Follow the events of the session channels; resync after reconnects."""
-        for name in ("OriginateResponse", "ConfbridgeJoin", "ConfbridgeLeave", "Hangup"):
+        for name in (
+            "OriginateResponse",
+            "ConfbridgeJoin",
+            "ConfbridgeLeave",
+            "Hangup",
+            "UserEvent",
+        ):
             self.conn.on_event(name, self._on_event)
         self.conn.on_ready(self.resync)
 
@@ -233,6 +256,14 @@ class AgentSessions:
     def active(self) -> list[AgentSession]:
         return [s for s in self._sessions.values() if not s.machine.terminal]
 
+    def on_phone(self, phone: str) -> AgentSession | None:
+        """The live session whose leg is on this phone (PJSIP/1001), if any: how a
+        feature code dialled on the phone finds its agent."""
+        for sess in self.active():
+            if sess.phone == phone or (sess.channel and phone_of(sess.channel) == phone):
+                return sess
+        return None
+
     async def resync(self) -> None:
         """After a (re)connection events may have been missed: AMI Status of every live
         session's channel; a missing one ends the session ("lost")."""
@@ -247,6 +278,71 @@ class AgentSessions:
                 sess.agent_id
             ):
                 self._apply(sess, SessionEvent.JOINED, "")
+        await self._adopt_unknown_legs()
+
+    async def _adopt_unknown_legs(self) -> None:
+        """Sessions a desk phone started while we were not listening: the marked member
+        (the agent's leg; contacts are not marked) of an agent conference we do not know
+        (ConfbridgeListRooms, ConfbridgeList)."""
+        prefix = names.agent_bridge("")
+        try:
+            rooms = await self.conn.send_list("ConfbridgeListRooms")
+        except AmiError as exc:
+            log.warning("cannot list conferences to adopt phone sessions: %s", exc)
+            return
+        for room in rooms:
+            conference = str(room.get("Conference", ""))
+            agent_id = conference[len(prefix) :]
+            if not conference.startswith(prefix) or not AGENT_ID.match(agent_id):
+                continue
+            known = self._sessions.get(agent_id)
+            if known is not None and not known.machine.terminal:
+                continue
+            try:
+                members = await actions.confbridge_list(self.conn, conference)
+            except AmiError:
+                continue
+            for m in members:
+                if str(m.get("MarkedUser", "")).lower() != "yes":
+                    continue
+                channel = str(m.get("Channel", ""))
+                sess = self._adopt(agent_id, phone_of(channel) or "", str(m.get("Uniqueid")))
+                if sess is not None:
+                    sess.channel = channel
+                    self._apply(sess, SessionEvent.JOINED, "")
+                break
+
+    def _adopt(self, agent_id: str, phone: str, uniqueid: str) -> AgentSession | None:
+        """A session a desk phone started (OutboundPhoneLogin): known from now on, state
+        logging_in until its ConfbridgeJoin. None (and the newcomer hung up) if the agent
+        has a live session on another leg already."""
+        if not AGENT_ID.match(agent_id) or not uniqueid:
+            log.warning("phone login event with agent %r / uniqueid %r ignored", agent_id, uniqueid)
+            return None
+        old = self._sessions.get(agent_id)
+        if old is not None and not old.machine.terminal:
+            if old.channel_id == uniqueid:
+                return old
+            log.warning(
+                "agent %s logged in from %s but has a session on %s: hanging up the new leg",
+                agent_id,
+                phone,
+                old.phone,
+            )
+            self._spawn(self._hangup_quietly(uniqueid))
+            return None
+        sess = AgentSession(agent_id, phone, uniqueid, session_machine(agent_id), origin="phone")
+        self._sessions[agent_id] = self._by_channel[uniqueid] = sess
+        log.info(
+            "session %s: adopted the call of phone %s (uniqueid %s)", agent_id, phone, uniqueid
+        )
+        return sess
+
+    async def _hangup_quietly(self, channel: str) -> None:
+        try:
+            await actions.hangup(self.conn, channel)
+        except AmiError as exc:
+            log.warning("could not hang up %s: %s", channel, exc)
 
     # ------------------------------------------------------------ events
     def _get(self, agent_id: str) -> AgentSession:
@@ -256,10 +352,18 @@ class AgentSessions:
         return sess
 
     def _on_event(self, msg: Message) -> None:
+        name = msg.get("Event")
+        if name == "UserEvent":
+            if msg.get("UserEvent") == names.EVENT_PHONE_LOGIN:
+                self._adopt(
+                    str(msg.get("Agent", "")).strip(),
+                    str(msg.get("Phone", "")).strip(),
+                    str(msg.get("Uniqueid", "")),
+                )
+            return
         sess = self._by_channel.get(str(msg.get("Uniqueid", "")))
         if sess is None or sess.machine.terminal:
             return
-        name = msg.get("Event")
         if msg.get("Channel"):
             sess.channel = str(msg.get("Channel"))
         if name == "OriginateResponse":
@@ -271,7 +375,7 @@ class AgentSessions:
             if msg.get("Conference") == names.agent_bridge(sess.agent_id):
                 event = SessionEvent.JOINED if name == "ConfbridgeJoin" else SessionEvent.LEFT
                 self._apply(sess, event, "")
-        elif name == "Hangup" and sess.state is SessionState.LOGGING_IN:
+        elif name == "Hangup" and sess.state is SessionState.LOGGING_IN and sess.origin == "login":
             reason = _CAUSE_REASON.get(str(msg.get("Cause")))
             if reason is None:  # cause 0: the OriginateResponse that follows says why
                 loop = asyncio.get_running_loop()
@@ -287,10 +391,14 @@ class AgentSessions:
             return
         if sess.state is SessionState.LOGGING_OUT:
             reason = "logout"
+        first_up = sess.up_since is None
         new = sess.machine.fire(event)
         if new is SessionState.UP:
             sess.up_since = time.time()
             sess._up.set()
+            if first_up:
+                log.info("session %s: up on %s (%s)", sess.agent_id, sess.phone, sess.origin)
+                self._call_hook(self.on_session_up, sess)
         elif new is SessionState.ENDED:
             sess.end_reason = reason
             self._by_channel.pop(sess.channel_id, None)
@@ -299,13 +407,19 @@ class AgentSessions:
             self._notify_end(sess.agent_id, reason)
 
     def _notify_end(self, agent_id: str, reason: str) -> None:
-        if self.on_session_end is None:
+        self._call_hook(self.on_session_end, agent_id, reason)
+
+    def _call_hook(self, hook: Callable[..., Any] | None, *args: Any) -> None:
+        if hook is None:
             return
         try:
-            res = self.on_session_end(agent_id, reason)
+            res = hook(*args)
             if inspect.isawaitable(res):
-                task = asyncio.ensure_future(res)
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(res)
         except Exception:
-            log.exception("on_session_end hook failed for agent %s", agent_id)
+            log.exception("session hook %s failed for %r", getattr(hook, "__name__", hook), args)
+
+    def _spawn(self, aw: Any) -> None:
+        task = asyncio.ensure_future(aw)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

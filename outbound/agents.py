@@ -1,17 +1,21 @@
-"""Agent accounts: ids, extensions, argon2 password and PIN hashes, campaign membership."""
+"""Agent accounts: ids, extensions, argon2 password and PIN hashes, campaign membership;
+the desk-phone log-in check (`verify_pin`, `phone_of`) and its lockout (`PinGuard`)."""
 
 from __future__ import annotations
 
+import functools
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from . import names
 from .config import timezone_name
 from .errors import Conflict, Invalid, NotFound
 from .model import Agent, AgentRole, Campaign
-from .security import check_password, check_pin, hash_secret
+from .security import check_password, check_pin, hash_secret, verify_secret
 
 AGENT_ID = re.compile(r"^[0-9]{2,12}\Z")  # typed on a desk phone keypad at log-in
 EXTENSION = re.compile(r"^[A-Za-z0-9/_.@+-]{1,80}\Z")
@@ -96,3 +100,112 @@ def list_agents(s: Session) -> list[dict[str, Any]]:
         }
         for a in rows
     ]
+
+
+# ------------------------------------------------------------------ desk-phone log-in
+# A device as Asterisk names its channels: technology/resource (PJSIP/1001,
+# Local/1001@sim-phones); the same shape sessions originate and `add_agent` accepts.
+PHONE = re.compile(r"^[A-Za-z][A-Za-z0-9]*/[A-Za-z0-9_.@+-]{1,76}\Z")
+# What Asterisk appends to a device to name one call: -<8 hex digits>, ;1/;2 for Local.
+_CALL_SUFFIX = re.compile(r"-[0-9a-f]{8}(;[12])?\Z")
+
+
+def phone_of(channel: str) -> str | None:
+    """The device a channel belongs to: ``PJSIP/1001-0000002a`` -> ``PJSIP/1001``,
+    ``Local/1001@sim-phones-0000002a;1`` -> ``Local/1001@sim-phones``; None when the name
+    is no device channel. The channel name (not CALLERID(num)) identifies a phone: Asterisk
+    builds it from the authenticated endpoint, while a caller ID is whatever the phone or
+    the PBX dialplan put there."""
+    m = _CALL_SUFFIX.search(channel)
+    if m is None:
+        return None
+    device = channel[: m.start()]
+    return device if PHONE.match(device) else None
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return hash_secret("not-a-pin-of-anyone")
+
+
+def verify_pin(s: Session, agent_id: str, pin: str) -> tuple[bool, bool]:
+    """(known, ok): whether the agent exists, and whether `pin` matches their argon2 PIN
+    hash. An unknown id (or an agent without a PIN) costs one hash check too, so the time
+    a refusal takes does not tell which agent ids exist."""
+    a = s.get(Agent, agent_id) if AGENT_ID.match(agent_id) else None
+    if a is None or not a.pin_hash:
+        verify_secret(_dummy_hash(), pin)
+        return a is not None, False
+    return True, verify_secret(a.pin_hash, pin)
+
+
+# Count one wrong PIN; at the limit, lock and forget the count, in one step (two phones
+# failing at once must not both slip under the limit). Returns the count, or -1 = locked.
+_FAIL_LUA = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if n >= tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+  redis.call('DEL', KEYS[1])
+  return -1
+end
+return n
+"""
+
+
+@dataclass(frozen=True)
+class PinPolicy:
+    """[agents] pin_attempts wrong PINs within pin_lockout seconds lock an agent id (and,
+    separately, a phone) for pin_lockout seconds."""
+
+    attempts: int = 3
+    lockout_s: int = 300
+
+
+class PinGuard:
+    """Wrong-PIN counting and lockouts in Redis (an asyncio client), per agent id and per
+    phone: the id lock stops guessing one agent's PIN from many phones, the phone lock stops
+    one phone from trying many ids. Counters and locks expire by themselves (TTL), so
+    nothing has to clean up and a Redis flush only forgets recent failures."""
+
+    def __init__(self, redis: Any, policy: PinPolicy | None = None) -> None:
+        self.redis = redis
+        self.policy = policy or PinPolicy()
+
+    @staticmethod
+    def _subjects(agent_id: str | None, phone: str) -> list[tuple[str, str]]:
+        out = [("phone", phone)]
+        if agent_id is not None:
+            out.insert(0, ("agent", agent_id))
+        return out
+
+    async def locked_for(self, agent_id: str | None, phone: str) -> int:
+        """Seconds until neither the agent id nor the phone is locked (0: not locked)."""
+        left = 0
+        for kind, subject in self._subjects(agent_id, phone):
+            ttl = int(await self.redis.ttl(names.key_pin_lock(kind, subject)))
+            left = max(left, ttl if ttl > 0 else 0)
+        return left
+
+    async def failed(self, agent_id: str | None, phone: str) -> list[str]:
+        """Count a wrong PIN (agent_id None: an unknown or malformed id, counted for the
+        phone only). Returns the kinds ("agent", "phone") this failure has just locked."""
+        locked: list[str] = []
+        for kind, subject in self._subjects(agent_id, phone):
+            n = await self.redis.eval(
+                _FAIL_LUA,
+                2,
+                names.key_pin_failures(kind, subject),
+                names.key_pin_lock(kind, subject),
+                self.policy.attempts,
+                self.policy.lockout_s,
+            )
+            if int(n) == -1:
+                locked.append(kind)
+        return locked
+
+    async def succeeded(self, agent_id: str, phone: str) -> None:
+        """A right PIN forgets the earlier wrong ones (a lock stays until it expires)."""
+        await self.redis.delete(
+            names.key_pin_failures("agent", agent_id), names.key_pin_failures("phone", phone)
+        )

@@ -43,6 +43,8 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "ring_timeout": "30",
         "server": "default",
     },
+    # Desk-phone log-in (*51): wrong PINs allowed per agent id / phone, then locked (s).
+    "agents": {"pin_attempts": "3", "pin_lockout": "300"},
     "sandbox": {"cache_dir": ""},
     "log": {"level": "INFO", "format": "text"},
 }
@@ -125,6 +127,16 @@ def _trunk(v: str) -> str:
     return v
 
 
+def _int_between(lo: int, hi: int) -> Callable[[str], int]:
+    def check(v: str) -> int:
+        n = int(v)
+        if not lo <= n <= hi:
+            raise ValueError(f"must be a whole number from {lo} to {hi}")
+        return n
+
+    return check
+
+
 def timezone_name(v: str) -> str:
     try:
         ZoneInfo(v)
@@ -153,6 +165,8 @@ _PARSERS: dict[tuple[str, str], Callable[[str], Any]] = {
     ("dialer", "server"): _no_ctl,
     ("log", "level"): _log_level,
     ("log", "format"): _choice("text", "json"),
+    ("agents", "pin_attempts"): _int_between(1, 100),
+    ("agents", "pin_lockout"): _int_between(1, 7 * 24 * 3600),
 }
 
 
