@@ -10,11 +10,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from outbound import names
 
-from .classify import make_classify
+from .classify import make_classify, make_fax
+from .features import make_features
+from .optout import make_optout
 from .server import AgiServer
 
 
-def register(server: AgiServer, factory: sessionmaker[Session], redis: Any = None) -> None:
+def register(
+    server: AgiServer, factory: sessionmaker[Session], redis: Any = None, config: Any = None
+) -> None:
     """Serve every route on `server`. `redis` (redis.asyncio.Redis) carries live agent
-    state; routes that need it are skipped when it is None."""
+    state; routes that need it are skipped when it is None (features refuses every code).
+    `config` (outbound.config.Config) gives settings such as [agents]; None: DEFAULTS."""
     server.route(names.AGI_CLASSIFY, make_classify(factory))
+    server.route(names.AGI_FEATURES, make_features(factory, redis, config))
+    server.route(names.AGI_FAX, make_fax(factory))
+    server.route(names.AGI_OPTOUT, make_optout(factory))

@@ -12,9 +12,12 @@ variables, calls the core, sets variables; the dialplan does the rest.
 
 Why our own server and not a library's:
 
-* pyst2 (the usual AGI library) escapes no argument, so a value with a quote or a line
-  break changes the command or becomes a second one, and its FastAGI server is Python 2
-  only; we do not depend on it.
+* pyst2 (the named AGI library) escapes no argument, so a value with a quote or a line
+  break changes the command or becomes a second one; it crashes on the ``HANGUP`` line;
+  its AGI class fails outside the main thread (``signal.signal``), and its FastAGI
+  server is Python 2 only. Nothing of it runs in a call (the part-by-part verdict is in
+  `agi_scripts.process`, which covers pyst2's own use case, the process AGI); it is a
+  test-only dependency, and tests/unit/test_pyst2_defects.py reproduces each defect.
 * panoramisk's FastAGI `Application` reads the header with ``while b"\\n\\n" not in
   buffer: buffer += await reader.read(100)``: a peer that sends half a header and
   closes makes that loop spin at 100% CPU forever, blocking the event loop

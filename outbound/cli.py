@@ -7,6 +7,7 @@ The admin commands live in cli_admin.py.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,7 @@ def run_agi(obj: Ctx) -> None:
 
     async def go() -> None:
         server = AgiServer(obj.config.get("agi", "host"), obj.config.get("agi", "port"))
-        register(server, obj.factory, aredis.Redis.from_url(obj.config.redis_url))
+        register(server, obj.factory, aredis.Redis.from_url(obj.config.redis_url), obj.config)
         port = await server.start()
         click.echo(f"FastAGI listening on {obj.config.get('agi', 'host')}:{port}")
         stop = asyncio.Event()
@@ -117,6 +118,43 @@ def run_agi(obj: Ctx) -> None:
         await server.close()
 
     asyncio.run(go())
+
+
+@main.command("agi")
+@click.argument("route", required=False)
+@click.pass_obj
+@errors
+def agi(obj: Ctx, route: str | None) -> None:
+    """One call as a classic process AGI on stdin/stdout (Asterisk starts it per call:
+    ``AGI(/usr/local/bin/outbound-agi,classify)``). ROUTE defaults to agi_arg_1, else
+    the script's name. Logs go to stderr; stdout is the AGI stream only."""
+    import logging
+
+    import redis.asyncio as aredis
+
+    from agi_scripts.process import run as run_process_agi
+    from agi_scripts.routes import register
+
+    logging.basicConfig(
+        level=obj.config.get("log", "level"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    redis = aredis.Redis.from_url(obj.config.redis_url)
+    cfg = obj.config
+    raise SystemExit(run_process_agi(lambda s: register(s, obj.factory, redis, cfg), route))
+
+
+def agi_main() -> None:
+    """The `outbound-agi` console script: `outbound agi` for the dialplan's AGI().
+    Configuration: $OUTBOUND_CONFIG (Asterisk passes its environment on), or --config /
+    --set given before the route."""
+    args: list[str] = []
+    rest = sys.argv[1:]
+    while rest and rest[0].split("=", 1)[0] in ("--config", "--set"):
+        n = 1 if "=" in rest[0] else 2
+        args, rest = args + rest[:n], rest[n:]
+    main(args=[*args, "agi", *rest], prog_name="outbound-agi")
 
 
 # ---------------------------------------------------------------- demo

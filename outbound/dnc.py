@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,12 @@ from typing import Any
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
-from .errors import Invalid
-from .model import DncEntry
+from .errors import Invalid, NotFound
+from .model import CallAttempt, CaseEvent, Contact, ContactState, DncEntry
 from .phones import InvalidNumber, normalize
+
+# DncEntry.source of an entry made by the called person's key press.
+OPTOUT_SOURCE = "optout"
 
 
 def add(
@@ -114,3 +118,51 @@ def import_file(
             added += created
             present += not created
     return {"added": added, "already_present": present, "errors": errors}
+
+
+_E164 = re.compile(r"\+[1-9][0-9]{5,14}")
+
+
+def opt_out(s: Session, attempt_id: str, *, key: str, scope: str = "global") -> dict[str, Any]:
+    """The person on `attempt_id`'s call pressed the opt-out key: put the dialled number
+    on the do-not-call list (`scope` "global", or "campaign": this campaign's list),
+    take the contact out of the campaign (state DNC, so no treatment redials it), and
+    note it in the case history and the attempt's audit. Idempotent: a second press
+    adds nothing. Returns what was recorded; NotFound for an unknown attempt.
+
+    An opt-out is never refused for the number's form: the number was dialled, so if
+    `phonenumbers` no longer calls it valid, its E.164 text is stored as it is."""
+    a = s.get(CallAttempt, attempt_id, with_for_update=True)
+    if a is None:
+        raise NotFound(f"no call attempt {attempt_id}")
+    if scope not in ("global", "campaign"):
+        raise Invalid(f"opt-out scope must be global or campaign, not {scope!r}")
+    campaign_id = a.campaign_id if scope == "campaign" else None
+    reason = f"opt-out key {key} pressed on call attempt {attempt_id}"
+    try:
+        e164, created = add(
+            s, a.e164, "ZZ", campaign_id=campaign_id, reason=reason, source=OPTOUT_SOURCE
+        )
+    except Invalid:
+        if not _E164.fullmatch(a.e164):
+            raise
+        e164, created = a.e164, not matches(s, [a.e164], campaign_id)
+        if created:
+            s.add(DncEntry(e164=e164, campaign_id=campaign_id, reason=reason, source=OPTOUT_SOURCE))
+    contact = s.get(Contact, a.contact_id)
+    if contact is not None:
+        contact.state = ContactState.DNC
+        contact.next_at = None
+    record = {"number": e164, "scope": scope, "key": key, "created": created}
+    a.audit = {**a.audit, "optout": record}
+    s.add(
+        CaseEvent(
+            contact_id=a.contact_id,
+            attempt_id=attempt_id,
+            kind="optout",
+            data=record,
+            text=f"Opt-out key {key} pressed: {e164} added to the {scope} do-not-call list",
+        )
+    )
+    s.flush()
+    return record

@@ -17,6 +17,14 @@ VAR_NEXT = "OUTBOUND_NEXT"  # set by the classify AGI: an extension of CTX_AFTER
 VAR_AGI_BASE = "OUTBOUND_AGI_BASE"
 VAR_ABANDON_PROMPT = "OUTBOUND_ABANDON_PROMPT"
 VAR_MESSAGE = "OUTBOUND_MESSAGE"  # left on an answering machine
+# Abandoned person (no free agent): the opt-out key, seconds to press it after the
+# message, the confirmation prompt (set by classify), the key Read() got, and "1" once
+# the optout route has recorded the do-not-call entry.
+VAR_OPTOUT_KEY = "OUTBOUND_OPTOUT_KEY"
+VAR_OPTOUT_WAIT = "OUTBOUND_OPTOUT_WAIT"
+VAR_OPTOUT_CONFIRM = "OUTBOUND_OPTOUT_CONFIRM"
+VAR_OPTOUT_DIGIT = "OUTBOUND_OPTOUT_DIGIT"
+VAR_OPTOUT_DONE = "OUTBOUND_OPTOUT_DONE"
 
 # --- dialplan contexts (asterisk_conf/extensions_outbound.conf) ---
 CTX_DIAL = "outbound-dial"
@@ -48,6 +56,7 @@ def agent_bridge(agent_id: str) -> str:
 AGI_CLASSIFY = "classify"
 AGI_FEATURES = "features"
 AGI_OPTOUT = "optout"
+AGI_FAX = "fax"  # the `fax` extension (CNG detected) records the result
 
 # --- Redis keys (prefix keeps a shared Redis tidy) ---
 REDIS_PREFIX = "outbound:"
@@ -75,3 +84,22 @@ CTX_TARGET_DIAL = "outbound-target-dial"  # a third party's leg, originated into
 CTX_PAIR = "outbound-pair"  # consultation completed as a transfer: target + contact
 VAR_TARGET_DIAL = "OUTBOUND_TARGET_DIAL"  # dial template of a target (${NUMBER} inside)
 VAR_PEER = "OUTBOUND_PEER"  # channel name the target bridges with in CTX_PAIR
+
+
+# --- desk-phone feature codes (asterisk_conf/extensions_outbound.conf, agi_scripts/features.py)
+CTX_PHONE_CODES = "outbound-phone-codes"  # the admin includes this in the phones' context
+CTX_PHONE_SESSION = "outbound-phone-session"  # what the codes run (login, ready, ...)
+VAR_PHONE = "OUTBOUND_PHONE"  # the phone the features AGI identified (PJSIP/1001)
+VAR_CODE_RESULT = "OUTBOUND_CODE_RESULT"  # ok / wrong / locked / invalid / none / refused / error
+EVENT_PHONE_LOGIN = "OutboundPhoneLogin"  # the phone's leg is about to join the agent's bridge
+EVENT_PHONE_CODE = "OutboundPhoneCode"  # *52-*54 done (Code, Result)
+
+
+def key_pin_failures(kind: str, subject: str) -> str:
+    """Wrong PINs counted per agent id or per phone (kind "agent" / "phone"); TTL'd."""
+    return f"{REDIS_PREFIX}pin:fail:{kind}:{subject}"
+
+
+def key_pin_lock(kind: str, subject: str) -> str:
+    """A PIN lockout of an agent id or a phone; expires when the lock ends."""
+    return f"{REDIS_PREFIX}pin:lock:{kind}:{subject}"
