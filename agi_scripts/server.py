@@ -41,8 +41,10 @@ What this server guarantees:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
@@ -55,6 +57,7 @@ from .protocol import (
     AgiProtocolError,
     AgiTimeout,
     Answer,
+    UnsafeValue,
     format_command,
     parse_answer,
     parse_header_line,
@@ -66,6 +69,9 @@ __all__ = ["AgiServer", "AgiSession", "Handler"]
 log = logging.getLogger(__name__)
 
 Handler = Callable[["AgiSession"], Awaitable[None]]
+
+# A variable name that can travel as a Gosub argument (no parentheses, commas, quotes).
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,79}")
 
 # What an unknown route sets OUTBOUND_NEXT to (an extension of outbound-after-classify).
 NEXT_HANGUP = "hangup"
@@ -152,6 +158,34 @@ class AgiSession:
         """SET VARIABLE: `value` arrives exactly (quotes, backslashes, `${...}` too);
         CR/LF/NUL raise UnsafeValue before anything is sent."""
         await self.command("SET VARIABLE", variable_name(name), value)
+
+    async def set_text(self, name: str, value: str) -> None:
+        """Set `name` to any text, line breaks included, exactly. A value without CR/LF
+        goes as SET VARIABLE; one with them travels base64-encoded and Asterisk decodes it
+        (AGI ``GOSUB outbound-agi-set s 1 NAME,B64`` runs ``Set(NAME=${BASE64_DECODE(B64)})``):
+        no line break is ever on the wire, so no value can become a second command.
+        (EXEC does not evaluate ``${...}`` in its arguments, which is why the dialplan
+        helper is needed.) NUL cannot live in an Asterisk variable: UnsafeValue."""
+        if "\0" in value:
+            raise UnsafeValue(f"{name}: contains NUL; refused before sending")
+        if "\r" not in value and "\n" not in value:
+            await self.set_variable(name, value)
+            return
+        if not _PLAIN_NAME.fullmatch(name):
+            raise UnsafeValue(f"variable name {name!r}: only letters, digits and _ here")
+        b64 = base64.b64encode(value.encode("utf-8")).decode("ascii")
+        answer = await self.command("GOSUB", names.CTX_AGI_SET, "s", "1", f"{name},{b64}")
+        if answer.result != 0:
+            raise AgiError(f"set_text {name}: GOSUB {names.CTX_AGI_SET} failed ({answer.line})")
+
+    async def get_text(self, name: str) -> str:
+        """`name`'s value, line breaks included, exactly ("" when unset): read as
+        ``${BASE64_ENCODE(${NAME})}``, so the answer is one line whatever the value holds
+        (GET VARIABLE of a value with a line break would split Asterisk's answer)."""
+        if not _PLAIN_NAME.fullmatch(name):
+            raise UnsafeValue(f"variable name {name!r}: only letters, digits and _ here")
+        answer = await self.command("GET FULL VARIABLE", f"${{BASE64_ENCODE(${{{name}}})}}")
+        return base64.b64decode(answer.data or "").decode("utf-8", "replace")
 
     async def exec(self, app: str, *args: object, timeout: float | None = None) -> int:
         """EXEC an application with `args` joined by commas (the application's own

@@ -34,6 +34,7 @@ CTX_AFTER_CLASSIFY = "outbound-after-classify"
 CTX_CONNECT = "outbound-connect"
 CTX_AGENT = "outbound-agent"
 CTX_FEATURES = "outbound-features"
+CTX_AGI_SET = "outbound-agi-set"  # Gosub target: sets a variable from base64 (AgiSession.set_text)
 CTX_SIM_CONTACTS = "sim-contacts"
 CTX_SIM_PHONES = "sim-phones"
 

@@ -165,3 +165,56 @@ async def test_given_the_caller_hangs_up_during_classify_then_the_handler_gets_a
     assert outcome and outcome[-1].startswith("hangup"), outcome
     assert len(outcome) <= 2, outcome  # at most the one command racing the hangup
     assert agi_server.stats["errors"] == 0 and agi_server.open_sessions == 0
+
+
+async def test_given_a_value_with_line_breaks_when_set_as_text_then_asterisk_holds_it_exactly(
+    agi_server: AgiServer, admin_ami: AmiClient
+) -> None:
+    value = TRICKY + "\nsecond line\r\nEXEC Hangup\n"
+    seen: dict[str, object] = {}
+    done = asyncio.Event()
+
+    async def classify(session: AgiSession) -> None:
+        seen["channel"] = session.channel
+        try:
+            await session.set_variable("OUTBOUND_TEST_LINES", value)
+        except UnsafeValue as exc:
+            seen["plain_refused"] = str(exc)
+        await session.set_text("OUTBOUND_TEST_LINES", value)
+        seen["read_back"] = await session.get_text("OUTBOUND_TEST_LINES")
+        # Asterisk's own evaluation of the stored value: its length, in characters.
+        answer = await session.command("GET FULL VARIABLE", "${LEN(${OUTBOUND_TEST_LINES})}")
+        seen["asterisk_len"] = answer.data
+        try:
+            await session.set_text("BAD(NAME)", "x\ny")
+        except UnsafeValue as exc:
+            seen["bad_name"] = str(exc)
+        done.set()
+        await session.set_variable(names.VAR_NEXT, "hangup")
+
+    agi_server.route(names.AGI_CLASSIFY, classify)
+    number = f"+4930{random.randrange(10**6, 10**7)}0"
+    await admin_ami.send(
+        "Originate",
+        Channel=f"Local/{number}@{names.CTX_SIM_CONTACTS}",
+        Context=names.CTX_ANSWERED,
+        Exten="s",
+        Priority="1",
+        Async="true",
+        Timeout="15000",
+    )
+    await asyncio.wait_for(done.wait(), 15)
+    assert "refused before sending" in str(seen["plain_refused"])
+    assert seen["read_back"] == value
+    assert seen["asterisk_len"] == str(len(value))
+    assert "BAD(NAME)" in str(seen["bad_name"])
+    await admin_ami.wait_event("Hangup", Channel=str(seen["channel"]))
+    # The line breaks never reached the wire: every AGI command Asterisk ran is one of
+    # ours (no "EXEC Hangup" split off), and the helper context set the value.
+    commands = [
+        e.get("Command", "")
+        for e in admin_ami.find_events("AGIExecEnd", Channel=str(seen["channel"]))
+    ]
+    assert not [c for c in commands if c.upper().startswith("EXEC HANGUP")], commands
+    assert any(c.startswith(f'GOSUB "{names.CTX_AGI_SET}"') for c in commands), commands
+    assert admin_ami.find_events("Newexten", Context=names.CTX_AGI_SET)
