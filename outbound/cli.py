@@ -167,7 +167,9 @@ def agi_main() -> None:
 def demo(obj: Ctx, n: int, keep: bool, sandbox_name: str) -> None:
     """Place real calls on the sandbox Asterisk: one agent on a simulated desk phone works
     a progressive campaign of simulated contacts (humans, machines, busy, unreachable),
-    through the bridge and its command stream; ends with results checked against CDR."""
+    through the bridge and its command stream; every answered call is classified by the
+    FastAGI server (AMD + policy: people reach the agent, machines are hung up); ends with
+    results checked against CDR."""
     import asyncio
     import csv as csvmod
     import logging
@@ -178,6 +180,8 @@ def demo(obj: Ctx, n: int, keep: bool, sandbox_name: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from agi_scripts.routes import register
+    from agi_scripts.server import AgiServer
     from ami_bridge.service import Bridge
 
     from .campaigns.lifecycle import create_campaign, get_campaign, transition
@@ -238,6 +242,11 @@ def demo(obj: Ctx, n: int, keep: bool, sandbox_name: str) -> None:
     async def go() -> list[str]:
         bridge = Bridge(cfg, obj.factory, aredis.Redis.from_url(cfg.redis_url), consumer="demo")
         task = asyncio.ensure_future(bridge.run())
+        # The FastAGI server where the sandbox's dialplan sends every answered call: AMD
+        # and the campaign's policy decide who reaches the agent.
+        agi = AgiServer("127.0.0.1", info.agi_port)
+        register(agi, obj.factory, aredis.Redis.from_url(cfg.redis_url), cfg)
+        await agi.start()
 
         def cmd(kind: str, **args: Any) -> dict[str, Any]:
             return send_command(r, sandbox_name, kind, args, 40)
@@ -255,22 +264,23 @@ def demo(obj: Ctx, n: int, keep: bool, sandbox_name: str) -> None:
                 ]
             for cid in ids:
                 try:
-                    out = await asyncio.to_thread(
-                        cmd, "dial", contact_id=cid, agent_id="1001", connect=True
-                    )
+                    out = await asyncio.to_thread(cmd, "dial", contact_id=cid, agent_id="1001")
                 except CommandFailed as exc:
                     con.print(f"contact {cid}: {exc}")
                     continue
                 aid = out["attempt_id"]
                 attempts.append(aid)
+                # Ringing, then (if answered) classification: wait until the call reached
+                # the agent or ended.
+                waiting = (AttemptState.ORIGINATING, AttemptState.RINGING, AttemptState.ANSWERED)
                 for _ in range(400):
                     with obj.factory() as s:
                         a = s.get(CallAttempt, aid)
                         st = a.state if a else AttemptState.ENDED
-                    if st is not AttemptState.ORIGINATING and st is not AttemptState.RINGING:
+                    if st not in waiting:
                         break
                     await asyncio.sleep(0.1)
-                if st in (AttemptState.ANSWERED, AttemptState.CONNECTED):
+                if st is AttemptState.CONNECTED:
                     await asyncio.sleep(2)  # the agent talks
                     try:
                         await asyncio.to_thread(cmd, "end", attempt_id=aid)
@@ -290,6 +300,7 @@ def demo(obj: Ctx, n: int, keep: bool, sandbox_name: str) -> None:
         finally:
             bridge.stop()
             await asyncio.wait_for(task, 15)
+            await agi.close()
         return attempts
 
     try:
