@@ -4,8 +4,18 @@ with the campaign's parameters, combines the verdict with the campaign's policy
 free, records it all on the attempt, and tells the dialplan where to go (OUTBOUND_NEXT:
 connect / abandon / hangup / message). Thin: the decisions are pure and live in the core.
 
+The 2-second rule decides the order: a person (connect, abandon) is routed first and
+the AGI stream closed at once, so Asterisk runs the dialplan while the verdict is
+written; the database (a locked row, a slow disk) can never hold a person back. The
+write has a deadline and logs an error when it fails. A machine or silence is recorded
+first (nobody waits for it, and our own hang-up must not overtake the record).
+
+A hang-up at any point after AMD still records AMD's verdict (AMDSTATUS, AMDCAUSE, the
+decision in audit `decided_route`) with the result HANGUP.
+
 Also the `fax` route: fax detection (FAXOPT(faxdetect), enabled here for the first
-seconds) jumps the channel to the dialplan's `fax` extension, which records FAX here.
+seconds, switched off by every route of outbound-after-classify) jumps the channel to the
+dialplan's `fax` extension, which records FAX here.
 """
 
 from __future__ import annotations
@@ -13,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime
+from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from outbound import names
@@ -25,9 +36,8 @@ from outbound.campaigns.amd import (
     abandon_plan,
     agent_availability,
     amd_args,
-    connect_delay_ms,
+    connect_timing,
     decide,
-    is_late_connect,
     route_to_agent,
     validate_policy,
 )
@@ -40,10 +50,14 @@ from .server import AgiSession, Handler
 
 log = logging.getLogger(__name__)
 
-# Follow-up tasks that wait for a connected contact's join (see _watch_connect); kept
-# here so that they are not garbage-collected while they run.
-_watchers: set[asyncio.Task[None]] = set()
-CONNECT_WATCH_S = 10.0
+# How long a verdict's database write may take before classify gives up on it (and
+# logs an error). PostgreSQL enforces it itself (lock_timeout / statement_timeout).
+RECORD_DEADLINE_S = 5.0
+# Routes where a person waits: routed before the verdict is written.
+_PERSON_ROUTES = ("connect", "abandon")
+# Set by a later stage (the AMI bridge on a late abandon, the fax route): never
+# overwritten by classify's own, possibly later, write.
+_LATER_KEYS = ("route", "abandon_reason")
 
 
 async def _full_variable(session: AgiSession, expression: str) -> str | None:
@@ -69,6 +83,47 @@ async def _enable_fax_detect(session: AgiSession, seconds: int) -> None:
     if seconds <= 0 or await _full_variable(session, "${IFMODULE(res_fax.so)}") != "1":
         return
     await session.set_variable("FAXOPT(faxdetect)", f"cng,{seconds}")
+
+
+async def _set_route(
+    session: AgiSession, d: Decision, policy: dict[str, Any], agent_id: str | None
+) -> None:
+    """The dialplan values of the decision; OUTBOUND_NEXT last (the dialplan's choice)."""
+    if d.route == "connect" and agent_id:
+        await session.set_variable(names.VAR_AGENT, agent_id)
+    if d.route == "message":
+        await session.set_variable(names.VAR_MESSAGE, policy["message"])
+    if d.route in _PERSON_ROUTES:
+        # connect too: should the agent leave before the join, the dialplan abandons
+        # the person (outbound-after-classify, agent_gone) with this same message.
+        plan = abandon_plan(policy)
+        if plan.prompt:  # else the PBX's own OUTBOUND_ABANDON_PROMPT, if any
+            await session.set_variable(names.VAR_ABANDON_PROMPT, plan.prompt)
+        await session.set_variable(names.VAR_OPTOUT_KEY, plan.optout_key)
+        await session.set_variable(names.VAR_OPTOUT_WAIT, plan.optout_wait)
+        await session.set_variable(names.VAR_OPTOUT_CONFIRM, plan.optout_confirm)
+    await session.set_variable(names.VAR_NEXT, d.route)
+
+
+def _release(session: AgiSession) -> None:
+    """End the AGI conversation now: Asterisk continues the dialplan when the AGI stream
+    closes (FastAGI socket or process-AGI stdout), not when the route variables are
+    set. The server closes the stream again when the handler returns (harmless)."""
+    session.release()
+
+
+async def _store(what: str, attempt_id: str, write: Callable[[], None]) -> None:
+    """Run a database write in a thread with a deadline; an error is logged, never
+    raised (the call goes on; the verdict is lost or lands late, and the log says so)."""
+    try:
+        await asyncio.wait_for(asyncio.to_thread(write), RECORD_DEADLINE_S)
+    except TimeoutError:
+        log.error(
+            "attempt %s: %s not recorded within %gs (database busy); it may land later",
+            *(attempt_id, what, RECORD_DEADLINE_S),
+        )
+    except Exception:
+        log.exception("attempt %s: %s not recorded", attempt_id, what)
 
 
 def make_classify(factory: sessionmaker[Session]) -> Handler:
@@ -106,39 +161,64 @@ def make_classify(factory: sessionmaker[Session]) -> Handler:
             # The contact hung up during AMD, or fax detection took the channel to the
             # `fax` extension (whose route then records FAX over this).
             took_ms = int((time.monotonic() - started) * 1000)
-            await asyncio.to_thread(_record_hangup, factory, attempt_id, took_ms)
+            await _store(
+                "hang-up during AMD",
+                attempt_id,
+                lambda: _record_hangup(factory, attempt_id, took_ms),
+            )
             log.info("attempt %s: gone during AMD after %d ms", attempt_id, took_ms)
             raise
-        decided_at = utcnow()
         took_ms = int((time.monotonic() - started) * 1000)
+        audit.update(amd_ms=took_ms, decided_at=utcnow().isoformat())
         d = decide(status, cause, policy, agent_reserved=agent_id is not None)
-        if d.route == "connect" and agent_id:
-            free, why, seen = await _agent_free(session, agent_id)
-            audit["agent_check"] = seen
-            d = route_to_agent(d, free, why)
-        audit.update(amd_ms=took_ms, route=d.route, decided_at=decided_at.isoformat())
-        if d.why:
-            audit["abandon_reason"] = d.why
-        await asyncio.to_thread(_record, factory, attempt_id, status, cause, d, audit)
+
+        def record(result: CallResult | None) -> Callable[[], None]:
+            return lambda: _record(factory, attempt_id, status, cause, result, audit)
+
+        try:
+            if d.route == "connect" and agent_id:
+                free, why, seen = await _agent_free(session, agent_id)
+                audit["agent_check"] = seen
+                d = route_to_agent(d, free, why)
+            audit["route"] = d.route
+            if d.why:
+                audit["abandon_reason"] = d.why
+            if d.route not in _PERSON_ROUTES:
+                await _store("verdict", attempt_id, record(d.result))
+            await _set_route(session, d, policy, agent_id)
+        except AgiHangup:
+            # Gone after AMD's verdict: the verdict is kept, the call is a hang-up, but
+            # a person already abandoned stays ABANDONED (the abandonment rate counts
+            # every person nobody served, whether they waited for the message or not).
+            audit.update(route="hangup", decided_route=d.route)
+            gone = CallResult.ABANDONED if d.route == "abandon" else CallResult.HANGUP
+            await _store("verdict (hung up)", attempt_id, record(gone))
+            log.info("attempt %s: AMD %s %s, then gone before routing", attempt_id, status, cause)
+            raise
         log.info(
             "attempt %s: AMD %s %s in %d ms -> %s %s",
             *(attempt_id, status, cause, took_ms, d.route, d.why),
         )
-        if d.route == "connect" and agent_id:
-            await session.set_variable(names.VAR_AGENT, agent_id)
-            _watch(factory, attempt_id, decided_at, policy)
-        if d.route == "message":
-            await session.set_variable(names.VAR_MESSAGE, policy["message"])
-        if d.route == "abandon":
-            plan = abandon_plan(policy)
-            if plan.prompt:  # else the PBX's own OUTBOUND_ABANDON_PROMPT, if any
-                await session.set_variable(names.VAR_ABANDON_PROMPT, plan.prompt)
-            await session.set_variable(names.VAR_OPTOUT_KEY, plan.optout_key)
-            await session.set_variable(names.VAR_OPTOUT_WAIT, plan.optout_wait)
-            await session.set_variable(names.VAR_OPTOUT_CONFIRM, plan.optout_confirm)
-        await session.set_variable(names.VAR_NEXT, d.route)
+        if d.route in _PERSON_ROUTES:
+            _release(session)
+            # A connected call's result comes at its end (the AMI bridge settles it).
+            await _store("verdict", attempt_id, record(None if d.route == "connect" else d.result))
 
     return classify
+
+
+def _bound(s: Session) -> None:
+    """Start a record's transaction. PostgreSQL gives up on a locked row or a slow
+    statement itself after the record deadline (SET LOCAL: this transaction only), so
+    no writer thread lingers on. SQLite takes its write lock first: its reads otherwise
+    run outside the transaction, and this write and the AMI bridge's (join, late
+    abandon) could each overwrite the other's audit keys."""
+    if s.get_bind().dialect.name == "sqlite":
+        s.connection().exec_driver_sql("BEGIN IMMEDIATE")
+    elif s.get_bind().dialect.name == "postgresql":
+        ms = int(RECORD_DEADLINE_S * 1000)
+        s.execute(text(f"SET LOCAL lock_timeout = {ms}"))
+        s.execute(text(f"SET LOCAL statement_timeout = {ms}"))
 
 
 def _record(
@@ -146,22 +226,41 @@ def _record(
     attempt_id: str,
     status: str,
     cause: str,
-    d: Decision,
+    result: CallResult | None,
     audit: dict[str, Any],
 ) -> None:
+    """AMD's verdict and the decision on the attempt. May land after the dialplan has
+    moved on: a result set meanwhile (fax route, late abandon, hang-up settled) stands,
+    and so do the route notes a later stage wrote. If the AMI bridge has already seen
+    the join, the 2-second rule's delay is stored here (else the bridge stores it)."""
     with transaction(factory) as s:
-        a = s.get(CallAttempt, attempt_id)
+        _bound(s)
+        a = s.get(CallAttempt, attempt_id, with_for_update=True)
         if a is None:
             return
         a.amd_status, a.amd_cause = status, cause[:60]
-        if d.route != "connect":  # a connected call's result comes at its end
-            a.result = d.result
-        a.audit = {**a.audit, **audit}
+        if result is not None and a.result is None and a.state is not AttemptState.ENDED:
+            a.result = result
+        merged = {**a.audit, **audit, **{k: a.audit[k] for k in _LATER_KEYS if k in a.audit}}
+        c = s.get(Campaign, a.campaign_id)
+        timing = connect_timing(merged, a.connected_at, dict(c.amd_policy) if c else {})
+        if timing:
+            merged.update(timing)
+            _log_late(attempt_id, timing)
+        a.audit = merged
+
+
+def _log_late(attempt_id: str, timing: dict[str, Any]) -> None:
+    if timing["late_connect"]:
+        log.warning(
+            "attempt %s: late connect, %d ms after AMD's decision", attempt_id, timing["connect_ms"]
+        )
 
 
 def _record_hangup(factory: sessionmaker[Session], attempt_id: str, took_ms: int) -> None:
     with transaction(factory) as s:
-        a = s.get(CallAttempt, attempt_id)
+        _bound(s)
+        a = s.get(CallAttempt, attempt_id, with_for_update=True)
         if a is None:
             return
         if a.result is None:  # the fax route may have been first
@@ -170,67 +269,39 @@ def _record_hangup(factory: sessionmaker[Session], attempt_id: str, took_ms: int
         a.audit = {**a.audit, "amd_ms": took_ms, "route": a.audit.get("route", "hangup")}
 
 
-def _watch(
-    factory: sessionmaker[Session], attempt_id: str, decided_at: datetime, policy: dict[str, Any]
-) -> None:
-    """Once the AMI bridge has seen the contact join the agent's conference (it sets
-    `connected_at` from ConfbridgeJoin), store the decision-to-join delay on the attempt
-    (`audit.connect_ms`, `audit.late_connect`) for the late-connect report. The join
-    happens after this AGI session ends, so a short follow-up task waits for it."""
-
-    async def run() -> None:
-        deadline = time.monotonic() + CONNECT_WATCH_S
-        while time.monotonic() < deadline:
-            if await asyncio.to_thread(_store_delay, factory, attempt_id, decided_at, policy):
-                return
-            await asyncio.sleep(0.2)
-        log.info("attempt %s: no join within %gs of the decision", attempt_id, CONNECT_WATCH_S)
-
-    task = asyncio.get_running_loop().create_task(run())
-    _watchers.add(task)
-    task.add_done_callback(_watchers.discard)
-
-
-def _store_delay(
-    factory: sessionmaker[Session], attempt_id: str, decided_at: datetime, policy: dict[str, Any]
-) -> bool:
-    """True once there is nothing more to wait for (stored, or the call ended unjoined)."""
+def _record_fax(factory: sessionmaker[Session], attempt_id: str) -> CallResult | None:
+    """FAX on the attempt, unless it already has a result other than the HANGUP an
+    interrupted AMD wrote (a machine's ANSWERING_MACHINE, an ABANDONED, ... stand: a
+    machine's beep can sound like CNG). Returns the result the attempt now has; None
+    for an unknown or ended attempt."""
     with transaction(factory) as s:
-        a = s.get(CallAttempt, attempt_id)
-        if a is None:
-            return True
-        if a.connected_at is None:
-            return a.state is AttemptState.ENDED
-        ms = connect_delay_ms(decided_at, a.connected_at)
-        late = is_late_connect(ms, policy)
-        a.audit = {**a.audit, "connect_ms": ms, "late_connect": late}
-        if late:
-            log.warning("attempt %s: late connect, %d ms after AMD's decision", attempt_id, ms)
-        return True
+        _bound(s)
+        a = s.get(CallAttempt, attempt_id, with_for_update=True)
+        if a is None or a.state is AttemptState.ENDED:
+            return None
+        if a.result not in (None, CallResult.HANGUP):
+            return a.result
+        a.result = CallResult.FAX
+        if a.amd_status == "HANGUP":  # classify's note of the interrupted AMD
+            a.amd_status = None
+        a.audit = {**a.audit, "route": "fax"}
+        return a.result
 
 
 def make_fax(factory: sessionmaker[Session]) -> Handler:
     """The `fax` route: the dialplan's `fax` extension (reached by CNG detection) runs
-    it; records FAX (over the HANGUP the interrupted classify may have written)."""
+    it; records FAX over nothing or the HANGUP the interrupted classify may have written
+    (see _record_fax)."""
 
     async def fax(session: AgiSession) -> None:
         attempt_id = await session.get_variable(names.VAR_ATTEMPT_ID) or ""
-
-        def record() -> bool:
-            with transaction(factory) as s:
-                a = s.get(CallAttempt, attempt_id)
-                if a is None or a.state is AttemptState.ENDED:
-                    return False
-                a.result = CallResult.FAX
-                if a.amd_status == "HANGUP":  # classify's note of the interrupted AMD
-                    a.amd_status = None
-                a.audit = {**a.audit, "route": "fax"}
-                return True
-
-        if await asyncio.to_thread(record):
+        result = await asyncio.to_thread(_record_fax, factory, attempt_id)
+        if result is CallResult.FAX:
             log.info("attempt %s: fax tones detected -> FAX", attempt_id)
-        else:
+        elif result is None:
             log.warning("fax: attempt %r unknown or already ended", attempt_id)
+        else:
+            log.warning("attempt %s: fax tones after the verdict %s; kept", attempt_id, result)
         await session.set_variable(names.VAR_NEXT, "hangup")
 
     return fax

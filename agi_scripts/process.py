@@ -20,7 +20,10 @@ What differs, and why:
 
 * the route comes from the command line (``outbound agi classify``), else from
   ``agi_arg_1`` when it names a route, else from the script's name (a symlink
-  ``agi-bin/classify -> outbound-agi`` called as ``AGI(classify)``);
+  ``agi-bin/classify -> outbound-agi`` called as ``AGI(classify)``); a handler reads
+  its arguments as `AgiSession.args`, the ones after the route's name, so
+  ``AGI(outbound-agi,features,login)`` gives the features handler ``["login"]`` exactly
+  as ``AGI(agi://127.0.0.1:4573/features,login)`` does (`route_and_args`);
 * Asterisk signals a hangup to a process AGI with SIGHUP (not the ``HANGUP`` line it
   sends over FastAGI), and SIGHUP's default action kills the process, maybe in the
   middle of a database write. `run` turns it into an event: the session is marked hung
@@ -86,9 +89,17 @@ from pathlib import PurePosixPath
 from outbound import names
 
 from .protocol import AgiError, AgiHangup
-from .server import NEXT_HANGUP, AgiServer, AgiSession
+from .server import NEXT_HANGUP, AgiServer, AgiSession, call_args
 
-__all__ = ["EXIT_BAD_CALL", "EXIT_FAILED", "EXIT_OK", "ProcessAgi", "run", "select_route"]
+__all__ = [
+    "EXIT_BAD_CALL",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "ProcessAgi",
+    "route_and_args",
+    "run",
+    "select_route",
+]
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +112,28 @@ def select_route(variables: dict[str, str], pinned: str | None, known: set[str])
     """The route of a process-AGI call: `pinned` (the command line's) if given, else
     ``agi_arg_1`` when it names a known route, else the basename of ``agi_request``
     (the script's name, minus a ``.py``/``.sh`` style extension)."""
+    return route_and_args(variables, pinned, known)[0]
+
+
+def route_and_args(
+    variables: dict[str, str], pinned: str | None, known: set[str]
+) -> tuple[str, list[str]]:
+    """The route (as `select_route`) and the handler's arguments: those after the
+    route's name. ``AGI(outbound-agi,features,login)`` -> ("features", ["login"]), like
+    ``AGI(agi://127.0.0.1/features,login)`` over FastAGI, so a handler reads its own
+    first argument as `AgiSession.args[0]` in both modes. The symlink form
+    ``AGI(agi-bin/outbound/features,login)`` (route = script name) gives ["login"] too."""
+    args = call_args(variables)
+    if pinned and args and args[0] == pinned:
+        # Asterisk passes AGI()'s arguments on the command line too: a "route" from the
+        # command line that is agi_arg_1 came from there, not from a wrapper script.
+        pinned = None
     if pinned:
-        return pinned
-    arg = variables.get("agi_arg_1", "")
-    if arg in known:
-        return arg
+        return pinned, args
+    if args and args[0] in known:
+        return args[0], args[1:]
     script = PurePosixPath(variables.get("agi_request", "")).name
-    return script.rsplit(".", 1)[0] if "." in script else script
+    return (script.rsplit(".", 1)[0] if "." in script else script), args
 
 
 class ProcessAgi(AgiServer):
@@ -157,9 +183,9 @@ class ProcessAgi(AgiServer):
             variables = await self._read_header(reader, writer, "stdin")
             if variables is None:
                 return EXIT_BAD_CALL
-            route = select_route(variables, pinned, self.route_names)
+            route, args = route_and_args(variables, pinned, self.route_names)
             session = AgiSession(variables, reader, writer, self.answer_timeout)
-            session.route = route
+            session.route, session.args = route, args
             self.session = session
             self._conns[writer] = route
             self.stats["sessions"] += 1

@@ -89,6 +89,9 @@ class AgiSession:
     ) -> None:
         self.variables = variables
         self.route = route_of(variables)
+        # The call's arguments after the route's name, whatever the mode: the process
+        # AGI drops agi_arg_1 when that named the route (agi_scripts.process).
+        self.args: list[str] = call_args(variables)
         self._reader = reader
         self._writer = writer
         self._answer_timeout = answer_timeout
@@ -210,6 +213,22 @@ class AgiSession:
         """HANGUP the channel; the session ends after it."""
         await self.command("HANGUP")
         self.hung_up = True
+
+    def release(self) -> None:
+        """End the AGI conversation now, leaving the channel alive: Asterisk continues
+        the dialplan when the AGI stream closes, not when a handler has set its
+        variables; the handler may go on with work that needs no command (a database
+        write) while the call proceeds. No command can follow."""
+        self.hung_up = True
+        self._writer.close()
+
+
+def call_args(variables: dict[str, str]) -> list[str]:
+    """``agi_arg_1``, ``agi_arg_2``, ... in order, up to the first one missing."""
+    out: list[str] = []
+    while (value := variables.get(f"agi_arg_{len(out) + 1}")) is not None:
+        out.append(value)
+    return out
 
 
 def route_of(variables: dict[str, str]) -> str:

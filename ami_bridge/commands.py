@@ -1,12 +1,15 @@
 """The bridge's command consumer: reads the server's Redis stream (consumer group), runs each
 command at most once through a handler, replies, acknowledges. Survives a restart: entries
-delivered to this consumer but not acknowledged are read again first."""
+delivered to this consumer but not acknowledged are read again first. A command read after
+its deadline (`outbound.commands.DEADLINE_ARG`: its sender has given up and told its user
+so) is refused, logged and answered "expired", never run; handlers never see the deadline."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,7 +17,16 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from outbound import names
-from outbound.commands import DONE_TTL_S, GROUP, REPLY_TTL_S, Command, done_key, reply_key
+from outbound.commands import (
+    DEADLINE_ARG,
+    DONE_TTL_S,
+    GROUP,
+    REPLY_TTL_S,
+    Command,
+    deadline_of,
+    done_key,
+    reply_key,
+)
 from outbound.errors import OutboundError
 
 from .connection import AmiError
@@ -81,9 +93,19 @@ class CommandConsumer:
             log.error("malformed command entry %s dropped", entry_id)
             await self.redis.xack(self.stream, GROUP, entry_id)
             return
+        deadline = deadline_of(cmd)
         first = await self.redis.set(done_key(cmd.id), "1", nx=True, ex=DONE_TTL_S)
-        if not first:
-            reply: dict[str, Any] = {"ok": False, "error": "already handled (redelivered)"}
+        if deadline is not None and time.time() > deadline:
+            late = time.time() - deadline
+            log.warning(
+                "command %s (%s) read %.1f s after its deadline: expired, not run",
+                cmd.kind,
+                cmd.id,
+                late,
+            )
+            reply: dict[str, Any] = {"ok": False, "error": f"expired {late:.0f} s ago, not run"}
+        elif not first:
+            reply = {"ok": False, "error": "already handled (redelivered)"}
         else:
             reply = await self.execute(cmd)
         await self.redis.rpush(reply_key(cmd.id), json.dumps(reply, default=str))
@@ -94,8 +116,9 @@ class CommandConsumer:
         handler = self.handlers.get(cmd.kind)
         if handler is None:
             return {"ok": False, "error": f"unknown command {cmd.kind!r}"}
+        args = {k: v for k, v in cmd.args.items() if k != DEADLINE_ARG}
         try:
-            result = await handler(cmd.args)
+            result = await handler(args)
             return {"ok": True, "result": result or {}}
         except (OutboundError, AmiError, ValueError) as exc:
             return {"ok": False, "error": str(exc)}

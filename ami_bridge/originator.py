@@ -20,10 +20,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from outbound import names
+from outbound.campaigns.amd import connect_timing
 from outbound.campaigns.attempts import advance, create_attempt, settle
 from outbound.campaigns.results import dial_result
 from outbound.errors import Conflict
-from outbound.model import AttemptState, CallAttempt, CallResult, transaction
+from outbound.model import AttemptState, CallAttempt, CallResult, Campaign, transaction
 from outbound.wire import channel_variable, check_value
 
 from .connection import AmiActionFailed, AmiConnection, AmiError, AmiNotReady
@@ -31,6 +32,9 @@ from .connection import AmiActionFailed, AmiConnection, AmiError, AmiNotReady
 log = logging.getLogger("ami_bridge.originator")
 
 ORIGINATE_PREFIX = "originate/"
+# Raised by outbound-after-classify (agent_gone) when the agent left between classify's
+# check and the join: the person hears the abandon message instead (AttemptId, Reason).
+EVENT_CONNECT_ABANDONED = names.EVENT_CONNECT_ABANDONED
 LIVE_STATES = (
     AttemptState.ORIGINATING,
     AttemptState.RINGING,
@@ -193,6 +197,8 @@ class Originator:
             p = self._pending.setdefault(msg.get("AttemptId", ""), _Pending())
             p.status, p.cause = msg.get("DialStatus", ""), _int(msg.get("HangupCause"))
             await self._try_settle_unanswered(msg.get("AttemptId", ""))
+        elif ev == "UserEvent" and msg.get("UserEvent") == EVENT_CONNECT_ABANDONED:
+            await self._late_abandon(msg.get("AttemptId", ""), msg.get("Reason", ""))
         elif ev == "OriginateResponse":
             action_id = msg.get("ActionID", "")
             if not action_id.startswith(ORIGINATE_PREFIX):
@@ -259,7 +265,8 @@ class Originator:
     async def _advance(self, attempt_id: str, event: str) -> None:
         def run() -> str | None:
             with transaction(self.factory) as s:
-                a = s.get(CallAttempt, attempt_id)
+                _write_lock(s)
+                a = s.get(CallAttempt, attempt_id, with_for_update=True)
                 if a is not None:
                     try:
                         if event == "connect" and a.state in (
@@ -268,6 +275,8 @@ class Originator:
                         ):
                             advance(a, "answer")  # the join overtook the OriginateResponse
                         if advance(a, event):
+                            if event == "connect":
+                                _store_timing(s, a)
                             return a.state.value
                     except Conflict as exc:
                         log.warning("%s", exc)
@@ -277,6 +286,25 @@ class Originator:
         new = await asyncio.to_thread(run)
         if new is not None:
             self._emit({"event": f"call_{new}", "attempt_id": attempt_id})
+
+    async def _late_abandon(self, attempt_id: str, reason: str) -> None:
+        """outbound-after-classify found the agent gone right before the join: the
+        person gets the abandon message, and the attempt the result ABANDONED (classify
+        had decided `connect`, which leaves the result to the call's end)."""
+
+        def run() -> bool:
+            with transaction(self.factory) as s:
+                _write_lock(s)
+                a = s.get(CallAttempt, attempt_id, with_for_update=True)
+                if a is None or a.state is AttemptState.ENDED:
+                    return False
+                a.result = a.result or CallResult.ABANDONED
+                why = reason[:200] or "agent left before the join"
+                a.audit = {**a.audit, "route": "abandon", "abandon_reason": why}
+                return True
+
+        if await asyncio.to_thread(run):
+            log.warning("attempt %s: abandoned at the join: %s", attempt_id, reason)
 
     async def _settle_on_hangup(self, attempt_id: str, cause: int | None) -> None:
         def run() -> tuple[bool | None, CallResult]:
@@ -358,6 +386,30 @@ class Originator:
                 "attempt %s not found in Asterisk after reconnect: settled %s", aid, result.value
             )
             self._notify_settled(aid, result)
+
+
+def _write_lock(s: Session) -> None:
+    """Take SQLite's write lock before reading what is written back: its reads otherwise
+    run outside the transaction, and this bridge and the classify AGI, both writing an
+    attempt's audit, could each overwrite the other's keys. (PostgreSQL: the row lock
+    of with_for_update.) Must be the transaction's first statement."""
+    if s.get_bind().dialect.name == "sqlite":
+        s.connection().exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _store_timing(s: Session, a: CallAttempt) -> None:
+    """The 2-second rule's delay (audit `connect_ms`, `late_connect`) from classify's
+    `decided_at` and the join's `connected_at`. Classify's write, if it comes after the
+    join, stores it instead (both take the write lock first, so one of them sees both)."""
+    c = s.get(Campaign, a.campaign_id)
+    timing = connect_timing(a.audit, a.connected_at, dict(c.amd_policy) if c else {})
+    if timing is None:
+        return
+    a.audit = {**a.audit, **timing}
+    if timing["late_connect"]:
+        log.warning(
+            "attempt %s: late connect, %d ms after AMD's decision", a.id, timing["connect_ms"]
+        )
 
 
 @dataclass

@@ -18,6 +18,12 @@ OutboundPhoneLogin (Agent, Phone) on the phone's call and takes that call into t
 agent's conference. That event adopts the call as a session (origin "phone", state
 logging_in, keyed by the event's Uniqueid), and its ConfbridgeJoin makes it up, exactly
 like an originated one; its Hangup ends it ("phone_hangup", or "logout" after `logout`).
+The event is not trusted as such: any AMI account with write=user can send a UserEvent
+with any headers (AMI action UserEvent), and any dialplan can raise one. It is adopted only
+if it comes from the phone-session context (Context header), names the channel's own phone
+(phone_of(Channel) == Phone), and Asterisk confirms it (`_verify_phone_login`: Status of
+the Uniqueid gives that channel, whose OUTBOUND_AGENT, set by the features AGI after the
+PIN check, is the Agent); the session leg's events that arrive meanwhile wait for it.
 A second phone for an agent who already has a live session is hung up (one session leg
 per agent). Should the bridge miss the event (it was reconnecting), `resync` finds the
 leg as the marked member of outbound-agent-<id> (ConfbridgeList) and adopts it as up.
@@ -28,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -43,14 +48,11 @@ from ami_bridge.actions import NoSuchChannel
 from ami_bridge.connection import AmiConnection, AmiError
 from ami_bridge.control import StateMachine
 from outbound import names
-from outbound.agents import phone_of
+from outbound.agents import AGENT_ID, PHONE, phone_of
+from outbound.commands import PHONE_CODE_BRIDGE_S
 from outbound.errors import Conflict, Invalid, OutboundError
 
 log = logging.getLogger("ami_bridge.sessions")
-
-AGENT_ID = re.compile(r"^[0-9]{2,12}\Z")  # as outbound.agents: typed on a phone keypad
-# A channel to originate: technology/resource (PJSIP/1001, Local/1001@sim-phones).
-PHONE = re.compile(r"^[A-Za-z][A-Za-z0-9]*/[A-Za-z0-9_.@+-]{1,76}\Z")
 
 
 class SessionState(StrEnum):
@@ -157,6 +159,8 @@ class AgentSessions:
         self._sessions: dict[str, AgentSession] = {}
         self._by_channel: dict[str, AgentSession] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Uniqueids of phone logins being verified -> their events that arrived meanwhile.
+        self._verifying: dict[str, list[Message]] = {}
 
     def attach(self) -> None:
         """Follow the events of the session channels; resync after reconnects."""
@@ -240,7 +244,9 @@ class AgentSessions:
         except NoSuchChannel:  # already gone (its Hangup event may be lost): ended anyway
             self._apply(sess, SessionEvent.HANGUP, "logout")
 
-    async def wait_ended(self, agent_id: str, timeout: float = 10.0) -> AgentSession:
+    async def wait_ended(self, agent_id: str, timeout: float = PHONE_CODE_BRIDGE_S) -> AgentSession:
+        """Wait for the session's end. The default is what a desk phone's *54 allows the
+        bridge (outbound.commands.PHONE_CODE_BRIDGE_S; the phone itself waits longer)."""
         sess = self._get(agent_id)
         await asyncio.wait_for(sess._ended.wait(), timeout)
         return sess
@@ -338,6 +344,60 @@ class AgentSessions:
         )
         return sess
 
+    def _on_phone_login(self, msg: Message) -> None:
+        """An OutboundPhoneLogin UserEvent: checked here (headers), then by Asterisk."""
+        agent_id = str(msg.get("Agent", "")).strip()
+        phone = str(msg.get("Phone", "")).strip()
+        uniqueid = str(msg.get("Uniqueid", ""))
+        channel = str(msg.get("Channel", ""))
+        problem = None
+        if msg.get("Context") != names.CTX_PHONE_SESSION:
+            problem = f"context {str(msg.get('Context', ''))[:40]!r} is not the phone session's"
+        elif phone_of(channel) is None or phone_of(channel) != phone:
+            problem = f"phone {phone[:80]!r} is not channel {channel[:80]!r}'s"
+        elif not AGENT_ID.match(agent_id) or not uniqueid:
+            problem = f"agent {agent_id[:20]!r} / uniqueid {uniqueid[:40]!r} malformed"
+        if problem is not None:
+            log.warning("phone login event ignored: %s", problem)
+            return
+        if uniqueid in self._verifying:
+            return
+        self._verifying[uniqueid] = []
+        self._spawn(self._verify_phone_login(agent_id, phone, uniqueid))
+
+    async def _verify_phone_login(self, agent_id: str, phone: str, uniqueid: str) -> None:
+        """Ask Asterisk whether the event is true: the channel with this Uniqueid exists,
+        belongs to `phone`, and the features AGI logged `agent_id` in on it. Then adopt it
+        and replay its events that arrived meanwhile (its ConfbridgeJoin, its Hangup)."""
+        verified = False
+        try:
+            st = await actions.status(self.conn, uniqueid)
+            channel = str(st.get("Channel", ""))
+            agent = await actions.getvar(self.conn, uniqueid, names.VAR_AGENT)
+            if str(st.get("Uniqueid", "")) != uniqueid or phone_of(channel) != phone:
+                log.warning(
+                    "phone login event ignored: channel %s of uniqueid %s is not on %s",
+                    channel,
+                    uniqueid,
+                    phone,
+                )
+            elif agent != agent_id:
+                log.warning(
+                    "phone login event ignored: channel %s logged in agent %r, not %s",
+                    channel,
+                    agent,
+                    agent_id,
+                )
+            else:
+                verified = True
+        except AmiError as exc:  # gone already, or the connection dropped (resync adopts)
+            log.warning("phone login of agent %s (%s) not verified: %s", agent_id, uniqueid, exc)
+        finally:
+            held = self._verifying.pop(uniqueid, [])
+        if verified and self._adopt(agent_id, phone, uniqueid) is not None:
+            for m in held:
+                self._on_event(m)
+
     async def _hangup_quietly(self, channel: str) -> None:
         try:
             await actions.hangup(self.conn, channel)
@@ -355,11 +415,11 @@ class AgentSessions:
         name = msg.get("Event")
         if name == "UserEvent":
             if msg.get("UserEvent") == names.EVENT_PHONE_LOGIN:
-                self._adopt(
-                    str(msg.get("Agent", "")).strip(),
-                    str(msg.get("Phone", "")).strip(),
-                    str(msg.get("Uniqueid", "")),
-                )
+                self._on_phone_login(msg)
+            return
+        held = self._verifying.get(str(msg.get("Uniqueid", "")))
+        if held is not None:  # a phone login being verified: its events wait for it
+            held.append(msg)
             return
         sess = self._by_channel.get(str(msg.get("Uniqueid", "")))
         if sess is None or sess.machine.terminal:

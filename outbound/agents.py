@@ -155,49 +155,66 @@ return n
 
 @dataclass(frozen=True)
 class PinPolicy:
-    """[agents] pin_attempts wrong PINs within pin_lockout seconds lock an agent id (and,
-    separately, a phone) for pin_lockout seconds."""
+    """[agents] pin_attempts wrong PINs for one agent id on one phone lock that pair;
+    pin_attempts_global wrong PINs for an agent id from any phones lock the id, and as
+    many from one phone for any ids lock the phone; each lock lasts pin_lockout seconds.
+
+    Why two levels: a lock of the id at the low threshold would let anyone lock a
+    colleague out from any phone with three wrong PINs. The pair lock stops guessing at
+    one phone; the id lock still caps guessing one agent's PIN across many phones, and the
+    phone lock caps one phone trying one PIN against many ids, at a count no mistyping
+    agent reaches."""
 
     attempts: int = 3
     lockout_s: int = 300
+    attempts_global: int = 10
+
+    def __post_init__(self) -> None:
+        if self.attempts_global < self.attempts:
+            raise ValueError("attempts_global must not be below attempts")
 
 
 class PinGuard:
-    """Wrong-PIN counting and lockouts in Redis (an asyncio client), per agent id and per
-    phone: the id lock stops guessing one agent's PIN from many phones, the phone lock stops
-    one phone from trying many ids. Counters and locks expire by themselves (TTL), so
-    nothing has to clean up and a Redis flush only forgets recent failures."""
+    """Wrong-PIN counting and lockouts in Redis (an asyncio client), per (agent id, phone)
+    pair, per agent id and per phone (`PinPolicy` says at which counts). Counters and locks
+    expire by themselves (TTL), so nothing has to clean up and a Redis flush only forgets
+    recent failures. Lock kinds: "pair", "agent", "phone"."""
 
     def __init__(self, redis: Any, policy: PinPolicy | None = None) -> None:
         self.redis = redis
         self.policy = policy or PinPolicy()
 
-    @staticmethod
-    def _subjects(agent_id: str | None, phone: str) -> list[tuple[str, str]]:
-        out = [("phone", phone)]
+    def _subjects(self, agent_id: str | None, phone: str) -> list[tuple[str, str, int]]:
+        """(kind, subject, threshold) of every counter a login attempt touches."""
+        out = [("phone", phone, self.policy.attempts_global)]
         if agent_id is not None:
-            out.insert(0, ("agent", agent_id))
+            out[:0] = [
+                ("pair", f"{agent_id}@{phone}", self.policy.attempts),
+                ("agent", agent_id, self.policy.attempts_global),
+            ]
         return out
 
     async def locked_for(self, agent_id: str | None, phone: str) -> int:
-        """Seconds until neither the agent id nor the phone is locked (0: not locked)."""
+        """Seconds until none of the pair, the agent id and the phone is locked (0: not
+        locked)."""
         left = 0
-        for kind, subject in self._subjects(agent_id, phone):
+        for kind, subject, _ in self._subjects(agent_id, phone):
             ttl = int(await self.redis.ttl(names.key_pin_lock(kind, subject)))
             left = max(left, ttl if ttl > 0 else 0)
         return left
 
     async def failed(self, agent_id: str | None, phone: str) -> list[str]:
         """Count a wrong PIN (agent_id None: an unknown or malformed id, counted for the
-        phone only). Returns the kinds ("agent", "phone") this failure has just locked."""
+        phone only). Returns the kinds ("pair", "agent", "phone") this failure has just
+        locked."""
         locked: list[str] = []
-        for kind, subject in self._subjects(agent_id, phone):
+        for kind, subject, threshold in self._subjects(agent_id, phone):
             n = await self.redis.eval(
                 _FAIL_LUA,
                 2,
                 names.key_pin_failures(kind, subject),
                 names.key_pin_lock(kind, subject),
-                self.policy.attempts,
+                threshold,
                 self.policy.lockout_s,
             )
             if int(n) == -1:
@@ -205,7 +222,7 @@ class PinGuard:
         return locked
 
     async def succeeded(self, agent_id: str, phone: str) -> None:
-        """A right PIN forgets the earlier wrong ones (a lock stays until it expires)."""
-        await self.redis.delete(
-            names.key_pin_failures("agent", agent_id), names.key_pin_failures("phone", phone)
-        )
+        """A right PIN forgets the earlier wrong ones of this pair (a lock stays until it
+        expires). The id's and the phone's counts stay: a login of the agent (or of anyone
+        with a PIN, on this phone) must not reset a count someone else is running up."""
+        await self.redis.delete(names.key_pin_failures("pair", f"{agent_id}@{phone}"))

@@ -120,14 +120,17 @@ def run_agi(obj: Ctx) -> None:
     asyncio.run(go())
 
 
-@main.command("agi")
+@main.command("agi", context_settings={"ignore_unknown_options": True})
 @click.argument("route", required=False)
+@click.argument("call_args", nargs=-1)
 @click.pass_obj
 @errors
-def agi(obj: Ctx, route: str | None) -> None:
+def agi(obj: Ctx, route: str | None, call_args: tuple[str, ...]) -> None:
     """One call as a classic process AGI on stdin/stdout (Asterisk starts it per call:
     ``AGI(/usr/local/bin/outbound-agi,classify)``). ROUTE defaults to agi_arg_1, else
-    the script's name. Logs go to stderr; stdout is the AGI stream only."""
+    the script's name. Logs go to stderr; stdout is the AGI stream only. Asterisk also
+    passes the AGI() arguments on the command line: CALL_ARGS are accepted and ignored,
+    since the handlers read them from the AGI header (agi_arg_N)."""
     import logging
 
     import redis.asyncio as aredis

@@ -43,8 +43,10 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "ring_timeout": "30",
         "server": "default",
     },
-    # Desk-phone log-in (*51): wrong PINs allowed per agent id / phone, then locked (s).
-    "agents": {"pin_attempts": "3", "pin_lockout": "300"},
+    # Desk-phone log-in (*51): wrong PINs allowed for one agent id on one phone, then that
+    # pair is locked (s); pin_attempts_global wrong PINs for an agent id from any phones (or
+    # for any ids from one phone) lock the id (the phone) everywhere.
+    "agents": {"pin_attempts": "3", "pin_attempts_global": "10", "pin_lockout": "300"},
     "sandbox": {"cache_dir": ""},
     "log": {"level": "INFO", "format": "text"},
 }
@@ -166,6 +168,7 @@ _PARSERS: dict[tuple[str, str], Callable[[str], Any]] = {
     ("log", "level"): _log_level,
     ("log", "format"): _choice("text", "json"),
     ("agents", "pin_attempts"): _int_between(1, 100),
+    ("agents", "pin_attempts_global"): _int_between(1, 1000),
     ("agents", "pin_lockout"): _int_between(1, 7 * 24 * 3600),
 }
 
@@ -293,4 +296,11 @@ def load_config(
             except (ValueError, TypeError) as exc:
                 where = sources.get(f"{section}.{key}", "built-in defaults")
                 raise ConfigError(f"{where}: [{section}] {key} = {value!r}: {exc}") from None
+    agents = values["agents"]
+    if agents["pin_attempts_global"] < agents["pin_attempts"]:
+        where = sources.get("agents.pin_attempts_global", "built-in defaults")
+        raise ConfigError(
+            f"{where}: [agents] pin_attempts_global = {agents['pin_attempts_global']} must not "
+            f"be below pin_attempts = {agents['pin_attempts']}"
+        )
     return Config(values=values, sources=sources, files=tuple(files))

@@ -45,6 +45,8 @@ CONFBRIDGE_CONTACT_USER = "outbound_contact_user"
 
 # --- UserEvents raised by the dialplan ---
 EVENT_DIAL_RESULT = "OutboundDialResult"
+# The reserved agent left between classify and the join: the contact was abandoned.
+EVENT_CONNECT_ABANDONED = "OutboundConnectAbandoned"
 EVENT_AGI_FAILED = "OutboundAgiFailed"
 
 
@@ -97,7 +99,8 @@ EVENT_PHONE_CODE = "OutboundPhoneCode"  # *52-*54 done (Code, Result)
 
 
 def key_pin_failures(kind: str, subject: str) -> str:
-    """Wrong PINs counted per agent id or per phone (kind "agent" / "phone"); TTL'd."""
+    """Wrong PINs counted per (agent id, phone) pair, per agent id or per phone (kind
+    "pair" / "agent" / "phone"); TTL'd."""
     return f"{REDIS_PREFIX}pin:fail:{kind}:{subject}"
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import Invalid
@@ -62,7 +62,9 @@ DEFAULT_POLICY: dict[str, Any] = {
 # separator of the application), no "$" or quotes.
 _SOUND = re.compile(r"[A-Za-z0-9_-]{1,64}(?:/[A-Za-z0-9_-]{1,64}){0,3}")
 MAX_SOUNDS = 5
-DTMF_KEYS = frozenset("0123456789*#")
+# Keys a person can press at Read(): not "#", which Read() takes as the end of input
+# (the digit read would be empty, so a "#" opt-out could never be recorded).
+OPTOUT_KEYS = frozenset("0123456789*")
 LATE_CONNECT_MS = 2000  # the 2-second rule, from the end of the greeting
 
 
@@ -126,8 +128,15 @@ def abandon_plan(policy: dict[str, Any]) -> AbandonPlan:
     """The abandon message and opt-out settings of a policy; Invalid if any is unsafe
     (the values become dialplan application arguments)."""
     key = policy.get("optout_key", DEFAULT_POLICY["optout_key"])
-    if not (key == "" or (isinstance(key, str) and len(key) == 1 and key in DTMF_KEYS)):
-        raise Invalid(f"AMD policy optout_key must be one DTMF key 0-9 * # (or empty), not {key!r}")
+    if key == "#":
+        raise Invalid(
+            "AMD policy optout_key cannot be '#': Read() ends input on '#', so the key "
+            "would never be seen; use 0-9 or *"
+        )
+    if not (key == "" or (isinstance(key, str) and len(key) == 1 and key in OPTOUT_KEYS)):
+        raise Invalid(
+            f"AMD policy optout_key must be one DTMF key 0-9 or * (or empty), not {key!r}"
+        )
     return AbandonPlan(
         prompt=_sound(policy, "abandon_message", empty_ok=True),
         optout_key=key,
@@ -144,7 +153,10 @@ def validate_policy(policy: dict[str, Any]) -> dict[str, Any]:
         raise Invalid(f"AMD policy must be a JSON object, not {type(policy).__name__}")
     p = {**DEFAULT_POLICY, **policy}
     _choice(p, "notsure", ("human", "machine"))
-    _choice(p, "machine", ("hangup", "message"))
+    machine = _choice(p, "machine", ("hangup", "message"))
+    if machine == "message" and p.get("message") == "":
+        # Else every machine would be hung up on, silently, against the campaign's intent.
+        raise Invalid("AMD policy message (a sound name) is required when machine is 'message'")
     _sound(p, "message", empty_ok=True)
     _choice(p, "optout_scope", ("global", "campaign"))
     _whole(p, "fax_detect", 0, 30)
@@ -220,3 +232,30 @@ def is_late_connect(delay_ms: int | None, policy: dict[str, Any]) -> bool:
         return False
     silence = policy.get("after_greeting_silence", dict(AMD_PARAMS)["after_greeting_silence"])
     return int(silence) + delay_ms > LATE_CONNECT_MS
+
+
+def connect_timing(
+    audit: dict[str, Any], connected_at: datetime | None, campaign_policy: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The 2-second rule's audit entries (`connect_ms`, `late_connect`) of a connected
+    call, once both ends are known: classify's decision (audit `decided_at`, ISO time)
+    and the join (`connected_at`, set by the AMI bridge on ConfbridgeJoin). Whichever of
+    the two writes comes second calls this, so nothing has to wait or poll. None while
+    one end is missing, when already stored (the first computation stands), or when
+    `decided_at` is unreadable. `campaign_policy` is the campaign's raw policy; an
+    invalid one counts as the defaults, as it did for classify."""
+    raw = audit.get("decided_at")
+    if connected_at is None or "connect_ms" in audit or not isinstance(raw, str):
+        return None
+    try:
+        decided = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    if decided.tzinfo is None:
+        decided = decided.replace(tzinfo=UTC)
+    try:
+        policy = validate_policy(campaign_policy)
+    except Invalid:
+        policy = dict(DEFAULT_POLICY)
+    ms = connect_delay_ms(decided, connected_at)
+    return {"connect_ms": ms, "late_connect": is_late_connect(ms, policy)}

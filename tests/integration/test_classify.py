@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 
-from agi_scripts.classify import make_classify
+from agi_scripts.classify import _record_fax, make_classify
 from agi_scripts.server import AgiServer
 from ami_bridge.connection import AmiConnection
 from ami_bridge.originator import Originator
 from ami_bridge.sessions import AgentSessions
 from outbound import names
-from outbound.model import AttemptState, CallAttempt, CallResult
+from outbound.campaigns.attempts import advance, create_attempt
+from outbound.model import AttemptState, CallAttempt, CallResult, transaction
 from outbound.sandbox import SandboxInfo
 from tests.helpers.ami import AmiClient, AmiError
 from tests.helpers.db import add_agent, add_contact, migrated_factory
@@ -95,3 +96,27 @@ async def test_given_a_machine_greeting_then_hung_up_and_recorded_as_answering_m
 
 async def _has(admin: AmiClient, conference: str, uid: str) -> bool:
     return uid in await _members(admin, conference)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (None, CallResult.FAX),  # fax tones first: FAX
+        (CallResult.HANGUP, CallResult.FAX),  # the HANGUP of AMD cut short by the jump
+        (CallResult.ANSWERING_MACHINE, CallResult.ANSWERING_MACHINE),  # a beep, no fax
+        (CallResult.ABANDONED, CallResult.ABANDONED),
+    ],
+)
+def test_given_a_result_already_recorded_then_the_fax_route_replaces_only_none_or_hangup(
+    tmp_path: Path, before: CallResult | None, after: CallResult
+) -> None:
+    factory = migrated_factory(tmp_path / "f.db")
+    cid = add_contact(factory, "+4930" + str(uuid.uuid4().int)[:7])
+    with transaction(factory) as s:
+        a = create_attempt(s, cid)
+        advance(a, "answer")
+        a.result, aid = before, a.id
+    assert _record_fax(factory, aid) is after
+    a = _attempt(factory, aid)
+    assert a.result is after
+    assert (a.audit.get("route") == "fax") is (after is CallResult.FAX)

@@ -4,6 +4,8 @@ at-most-once execution, clear errors for calls that do not exist."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,7 +16,17 @@ import redis.asyncio as aredis
 
 from ami_bridge.commands import CommandConsumer, NoSuchCall
 from outbound import names
-from outbound.commands import GROUP, CommandFailed, CommandTimeout, send_command
+from outbound.commands import (
+    DEADLINE_ARG,
+    GROUP,
+    Command,
+    CommandFailed,
+    CommandTimeout,
+    reply_key,
+    send_command,
+    send_command_async,
+)
+from tests.helpers.until import async_until
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 
@@ -108,3 +120,77 @@ async def test_given_crash_after_delivery_when_redelivered_then_not_run_twice(se
 async def test_given_no_bridge_then_sender_times_out_clearly(server: str) -> None:
     with pytest.raises(CommandTimeout, match="no answer from the bridge"):
         await asyncio.to_thread(send_command, _sync(), server, "hold", {"call": "x"}, 1)
+
+
+async def test_given_a_command_whose_sender_gave_up_when_the_bridge_comes_back_then_not_run(
+    server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[Any] = []
+    # Nobody reads the stream: the sender gives up after its timeout (its deadline).
+    with pytest.raises(CommandTimeout):
+        await asyncio.to_thread(send_command, _sync(), server, "hold", {"call": "live-1"}, 1)
+    entries: Any = _sync().xrange(names.key_commands(server))
+    ((_, fields),) = entries
+    cmd = Command.decode(fields)
+    assert cmd.args[DEADLINE_ARG] < time.time()
+    # The bridge starts after the deadline: the command is refused, logged, acknowledged.
+    c, task = await _start(server, calls)
+    try:
+        reply = await asyncio.to_thread(_sync().blpop, [reply_key(cmd.id)], 5)
+        assert reply is not None and json.loads(reply[1])["error"].startswith("expired")
+        assert calls == []
+        await async_until(
+            lambda: _sync().xpending(names.key_commands(server), GROUP)["pending"] == 0, 5
+        )
+        assert "hold" in caplog.text and "expired, not run" in caplog.text
+        # A command in time still runs, without the deadline among its args.
+        out = await asyncio.to_thread(send_command, _sync(), server, "hold", {"call": "live-1"}, 5)
+        assert out == {"held": "live-1"} and calls == [{"call": "live-1"}]
+    finally:
+        c.stop()
+        await asyncio.wait_for(task, 3)
+
+
+async def test_given_the_async_sender_then_same_stream_deadline_and_errors(server: str) -> None:
+    r = aredis.Redis.from_url(REDIS_URL)
+    try:
+        with pytest.raises(CommandTimeout, match="no answer from the bridge"):
+            await send_command_async(r, server, "hold", {"call": "x"}, 1)
+        calls: list[Any] = []
+        c, task = await _start(server, calls)
+        try:
+            assert await send_command_async(r, server, "hold", {"call": "live-1"}, 5) == {
+                "held": "live-1"
+            }
+            with pytest.raises(CommandFailed, match="no call 'gone-7'"):
+                await send_command_async(r, server, "hold", {"call": "gone-7"}, 5)
+        finally:
+            c.stop()
+            await asyncio.wait_for(task, 3)
+        assert calls == [{"call": "live-1"}, {"call": "gone-7"}]  # the expired one did not run
+    finally:
+        await r.aclose()
+
+
+async def test_given_a_timeout_above_the_redis_socket_timeout_then_still_a_command_timeout(
+    server: str,
+) -> None:
+    # redis-py's default socket timeout is 5 s: one BLPOP of 6 s would end in its own
+    # TimeoutError, not in ours.
+    r = aredis.Redis.from_url(REDIS_URL, socket_timeout=2)
+    started = time.monotonic()
+    try:
+        with pytest.raises(CommandTimeout):
+            await send_command_async(r, server, "hold", {"call": "x"}, 3)
+        with pytest.raises(CommandTimeout):
+            await asyncio.to_thread(
+                send_command,
+                redis.Redis.from_url(REDIS_URL, socket_timeout=2),
+                server,
+                "hold",
+                {},
+                3,
+            )
+    finally:
+        await r.aclose()
+    assert 6 <= time.monotonic() - started < 9

@@ -128,14 +128,9 @@ def _apps(admin: AmiClient, uid: str) -> list[tuple[str, str, str]]:
     ]
 
 
-def _played(admin: AmiClient, uid: str, app: str, sound: str) -> list[Message]:
-    return [
-        e
-        for e in admin.find_events("Newexten", Uniqueid=uid, Application=app)
-        if e.get("AppData", "") == sound
-        or e.get("AppData", "").startswith(f"{sound},")
-        or f",{sound}," in e.get("AppData", "")
-    ]
+def _steps(admin: AmiClient, uid: str, app: str, data: str) -> list[Message]:
+    """The Newexten events of Asterisk running `app(data)` on channel `uid`."""
+    return admin.find_events("Newexten", Uniqueid=uid, Application=app, AppData=data)
 
 
 def _full_log(sandbox: SandboxInfo) -> str:
@@ -196,7 +191,7 @@ async def _route_one(
             message=f"{f.name}: connected_at not set",
         )
         assert a.audit["route"] == "connect" and a.agent_id == agent, (f.name, a.audit)
-        assert not _played(admin, aid, "Playback", MESSAGE), (f.name, _apps(admin, aid))
+        assert not _steps(admin, aid, "Playback", MESSAGE), (f.name, _apps(admin, aid))
         if f.name in KNOWN_AMD_MISSES:
             # AMD's known miss: this voicemail ("Leave a message." + beep) is as short as
             # a person's hello, AMD says HUMAN, and the call really is put through to
@@ -213,11 +208,12 @@ async def _route_one(
         assert not admin.find_events("ConfbridgeJoin", Uniqueid=aid), (f.name, apps)
         if want.route == "message":
             end = await _greeting_played(admin, f, number)
-            played = _played(admin, aid, "Playback", MESSAGE)
+            played = _steps(admin, aid, "Playback", MESSAGE)
             assert played, (f.name, apps)
-            # After the machine's beep (the end of its greeting), not over it.
+            # After the machine's beep (the end of its greeting), not over it: the
+            # dialplan waits for 1.5 s of silence after the beep (WaitForSilence).
             after = _ts(played[0]) - _ts(end)
-            assert after > 0, f"{f.name}: message started {after:.2f}s after the greeting end"
+            assert after > 1.0, f"{f.name}: message started {after:.2f}s after the greeting end"
             assert f"{hangup['Channel']}> Playing '{MESSAGE}" in _full_log(sandbox), f.name
             assert apps[-1] == (names.CTX_AFTER_CLASSIFY, "Hangup", "16"), (f.name, apps)
             note = f"message {after:.2f}s after the greeting"
@@ -225,7 +221,7 @@ async def _route_one(
             # Our dialplan hung up at AMD's verdict, nothing was played to the line.
             assert apps[-1] == (names.CTX_AFTER_CLASSIFY, "Hangup", "16"), (f.name, apps)
             assert hangup["Cause"] == "16", (f.name, dict(hangup))
-            assert not _played(admin, aid, "Playback", MESSAGE), (f.name, apps)
+            assert not _steps(admin, aid, "Playback", MESSAGE), (f.name, apps)
             note = "hung up, nothing played"
         await stack["sessions"].logout(agent)
     a = await _ended(factory, aid)
@@ -280,8 +276,8 @@ async def _abandon_one(
     apps = _apps(admin, aid)
     # Asterisk: the identification message with the opt-out key live (Read), after the
     # greeting, then our hang-up; never the agent's conference.
-    read = _played(admin, aid, "Read", IDENT)
-    assert read and (names.CTX_AFTER_CLASSIFY, "Read", read[0]["AppData"]) in apps, apps
+    read = _steps(admin, aid, "Read", f"OUTBOUND_OPTOUT_DIGIT,{IDENT},1,,1,1")
+    assert read and read[0]["Context"] == names.CTX_AFTER_CLASSIFY, (f.name, apps)
     assert _ts(read[0]) > _ts(end), f.name
     assert apps[-1] == (names.CTX_AFTER_CLASSIFY, "Hangup", "16"), (f.name, apps)
     assert hangup["Cause"] == "16"

@@ -23,6 +23,7 @@ from ami_bridge.service import Bridge, health_key
 from ami_bridge.sessions import SessionState
 from outbound import live, names
 from outbound.agents import add_agent
+from outbound.commands import PHONE_CODE_WAIT_S
 from outbound.config import Config, load_config
 from outbound.model import transaction
 from outbound.sandbox import SandboxInfo
@@ -35,24 +36,25 @@ PIN = "918273"
 # Keys typed after a refusal wait for the AGI's next prompt: digits that arrive while
 # no AGI command listens are dropped by res_agi, as they would be for a person.
 NEXT = "wwwwww"
+EVENT_CODE = names.EVENT_PHONE_CODE
 
 
 def _config(sandbox: SandboxInfo, tmp_path: Path, server: str) -> Config:
-    return load_config(
-        env={},
-        cwd=tmp_path,
-        overrides={
-            "database.url": f"sqlite:///{tmp_path / 'p.db'}",
-            "redis.url": REDIS_URL,
-            "ami.port": str(sandbox.ami_port),
-            "ami.username": sandbox.ami_user,
-            "ami.secret": sandbox.ami_secret,
-            "dialer.server": server,
-            "ami.ping_interval": "1",
-            "agents.pin_attempts": "3",
-            "agents.pin_lockout": "120",
-        },
-    )
+    return load_config(env={}, cwd=tmp_path, overrides=_settings(sandbox, tmp_path, server))
+
+
+def _settings(sandbox: SandboxInfo, tmp_path: Path, server: str) -> dict[str, str]:
+    return {
+        "database.url": f"sqlite:///{tmp_path / 'p.db'}",
+        "redis.url": REDIS_URL,
+        "ami.port": str(sandbox.ami_port),
+        "ami.username": sandbox.ami_user,
+        "ami.secret": sandbox.ami_secret,
+        "dialer.server": server,
+        "ami.ping_interval": "1",
+        "agents.pin_attempts": "3",
+        "agents.pin_lockout": "120",
+    }
 
 
 @pytest.fixture
@@ -68,7 +70,7 @@ async def stack(sandbox: SandboxInfo, tmp_path: Path) -> AsyncIterator[dict[str,
     task = asyncio.ensure_future(bridge.run())
     r = redis.Redis.from_url(REDIS_URL)
     await async_until(lambda: r.get(health_key(server)) is not None, 15, message="no bridge")
-    yield {"factory": factory, "bridge": bridge, "redis": r, "server": server}
+    yield {"factory": factory, "bridge": bridge, "redis": r, "server": server, "task": task}
     bridge.stop()
     await asyncio.wait_for(task, 10)
     await agi.close()
@@ -118,6 +120,13 @@ async def _type(admin: AmiClient, person: str, keys: str) -> None:
     channel = next(c["Channel"] for c in chans if c.get("Uniqueid") == person)
     for k in keys:
         await admin.send("PlayDTMF", Channel=channel, Digit=k, Duration="200")
+
+
+async def _hangup(admin: AmiClient, uniqueid: str) -> None:
+    _, chans = await admin.collect("CoreShowChannels")
+    for c in chans:
+        if c.get("Uniqueid") == uniqueid:
+            await admin.send("Hangup", Channel=c["Channel"])
 
 
 def _count_is(fn: Callable[[], list[Any]], n: int) -> Callable[[], bool]:
@@ -205,35 +214,74 @@ async def test_given_a_session_when_pressing_codes_in_the_conference_then_state_
     await async_until(lambda: _live(r, agent).get("session") == "ended", 5)
 
 
-async def test_given_three_wrong_pins_then_locked_logged_and_the_right_pin_refused(
+async def test_given_three_wrong_pins_then_that_phone_is_locked_for_the_agent_not_others(
     stack: dict[str, Any], admin_ami: AmiClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    agent, r = _agent(stack), stack["redis"]
-    conf = names.agent_bridge(agent)
+    agent, ext, r = _agent(stack), _phone(), stack["redis"]
+    conf, phone = names.agent_bridge(agent), f"Local/{ext}@sim-deskphone"
     wrong = ["551234", "551235", "551236"]
     keys = NEXT.join(f"ww{agent}#ww{p}#" for p in wrong)
-    call, _ = await _dial(admin_ami, _phone(), "*51", keys)
+    call, _ = await _dial(admin_ami, ext, "*51", keys)
     # Three refusals in one call, then "try again later" and the call ends.
     await admin_ami.wait_event("Hangup", timeout=40, Uniqueid=call)
     assert not admin_ami.find_events("ConfbridgeJoin", Uniqueid=call)
-    assert 100 < r.ttl(names.key_pin_lock("agent", agent)) <= 120
+    assert 100 < r.ttl(names.key_pin_lock("pair", f"{agent}@{phone}")) <= 120
+    # Whoever typed them did not lock the agent out everywhere.
+    assert r.exists(names.key_pin_lock("agent", agent)) == 0
     locked = [e for e in _events(r, agent) if e["event"] == "agent_pin_locked"]
-    assert locked and locked[0]["locked"] == "agent" and locked[0]["lockout_s"] == "120"
+    assert [(e["locked"], e["phone"], e["lockout_s"]) for e in locked] == [("pair", phone, "120")]
     assert any(
-        rec.levelno == logging.WARNING and f"agent {agent} locked" in rec.getMessage()
+        rec.levelno == logging.WARNING
+        and f"agent {agent} on phone {phone} locked" in rec.getMessage()
         for rec in caplog.records
     )
 
-    # The right PIN, from another phone: still refused while the lock lasts.
-    call2, _ = await _dial(admin_ami, _phone(), "*51", f"ww{agent}#ww{PIN}#")
+    # The right PIN on that phone: still refused while the lock lasts.
+    call2, _ = await _dial(admin_ami, ext, "*51", f"ww{agent}#ww{PIN}#")
     await admin_ami.wait_event("Hangup", timeout=20, Uniqueid=call2)
     assert not admin_ami.find_events("ConfbridgeJoin", Uniqueid=call2)
     assert call2 not in await _members(admin_ami, conf)
-    assert _live(r, agent).get("session") != "up"
     assert any("refused: locked" in rec.getMessage() for rec in caplog.records)
+    # The right PIN on another phone: the agent logs in.
+    call3, _ = await _dial(admin_ami, _phone(), "*51", f"ww{agent}#ww{PIN}#")
+    await admin_ami.wait_event("ConfbridgeJoin", timeout=20, Uniqueid=call3, Conference=conf)
+    await async_until(lambda: _live(r, agent).get("session") == "up", 5)
     for p in [*wrong, PIN]:
         assert p not in caplog.text
+    await _hangup(admin_ami, call3)
+
+
+async def test_given_wrong_pins_from_many_phones_then_the_agent_id_locks_at_the_global_count(
+    sandbox: SandboxInfo, tmp_path: Path, admin_ami: AmiClient
+) -> None:
+    # Its own AGI server (and no bridge: none is needed to refuse) with a global limit of 4.
+    settings = _settings(sandbox, tmp_path, f"glob-{uuid.uuid4().hex[:6]}")
+    cfg = load_config(
+        env={}, cwd=tmp_path, overrides={**settings, "agents.pin_attempts_global": "4"}
+    )
+    factory = migrated_factory(tmp_path / "p.db")
+    ar = aredis.Redis.from_url(REDIS_URL)
+    agi = AgiServer("127.0.0.1", sandbox.agi_port, header_timeout=5, answer_timeout=30)
+    agi.route(names.AGI_FEATURES, make_features(factory, ar, cfg))
+    await agi.start()
+    try:
+        agent, r = _agent({"factory": factory}), redis.Redis.from_url(REDIS_URL)
+        # Two wrong PINs from each of two phones: no pair reaches 3, the id reaches 4.
+        for _ in range(2):
+            keys = NEXT.join(f"ww{agent}#ww55123{n}#" for n in range(2))
+            call, _ = await _dial(admin_ami, _phone(), "*51", keys)
+            await admin_ami.wait_event("Hangup", timeout=40, Uniqueid=call)
+        assert 0 < r.ttl(names.key_pin_lock("agent", agent)) <= 120
+        locked = [e["locked"] for e in _events(r, agent) if e["event"] == "agent_pin_locked"]
+        assert locked == ["agent"]
+        # Now refused from any phone, a fresh one with the right PIN too.
+        call, _ = await _dial(admin_ami, _phone(), "*51", f"ww{agent}#ww{PIN}#")
+        await admin_ami.wait_event("Hangup", timeout=20, Uniqueid=call)
+        assert not admin_ami.find_events("ConfbridgeJoin", Uniqueid=call)
+    finally:
+        await agi.close()
+        await ar.aclose()
 
 
 async def test_given_an_unknown_or_a_malformed_agent_id_then_refused(
@@ -258,7 +306,9 @@ async def test_given_an_unknown_or_a_malformed_agent_id_then_refused(
     assert not admin_ami.find_events("ConfbridgeJoin", Uniqueid=call)
     assert call not in await _members(admin_ami, names.agent_bridge(agent))
     text = caplog.text
-    assert f"unknown agent id {unknown}" in text and "malformed agent id" in text
+    # Logged, but not as typed: an "id" may be a PIN typed at the wrong prompt.
+    assert "unknown agent id <6 digits, #" in text and "malformed agent id <5 digits" in text
+    assert unknown not in text and malformed not in text
     # The third try gets no keys: the caller gave up; goodbye, hung up, not counted.
     await admin_ami.wait_event("Hangup", timeout=20, Uniqueid=call)
     assert r.get(names.key_pin_failures("phone", phone)) == b"2"
@@ -292,3 +342,94 @@ async def test_given_a_phone_session_started_while_the_bridge_was_away_then_resy
     finally:
         late.stop()
         await asyncio.wait_for(task, 10)
+
+
+async def test_given_the_bridge_down_when_54_times_out_then_a_later_bridge_does_not_log_out(
+    stack: dict[str, Any],
+    admin_ami: AmiClient,
+    sandbox: SandboxInfo,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    agent, ext, r = _agent(stack), _phone(), stack["redis"]
+    conf = names.agent_bridge(agent)
+    call, _ = await _dial(admin_ami, ext, "*51", f"ww{agent}#ww{PIN}#")
+    await async_until(lambda: _live(r, agent).get("session") == "up", 20, message="no session")
+    # The bridge goes away; the session leg stays in the agent's conference.
+    stack["bridge"].stop()
+    await asyncio.wait_for(stack["task"], 10)
+    # *54 from a second line: nobody answers, so the phone beeps "error" ...
+    second, _ = await _dial(admin_ami, ext, "*54")
+    done = await admin_ami.wait_event(
+        "UserEvent", timeout=PHONE_CODE_WAIT_S + 20, Uniqueid=second, UserEvent=EVENT_CODE
+    )
+    assert done.get("Result") == "error"
+    await asyncio.sleep(1.5)  # surely past the command's deadline
+    # ... and a bridge that comes back later must not log the agent out after all.
+    late = Bridge(
+        _config(sandbox, tmp_path, stack["server"]),
+        stack["factory"],
+        aredis.Redis.from_url(REDIS_URL),
+    )
+    task = asyncio.ensure_future(late.run())
+    try:
+        await async_until(lambda: "logout" in caplog.text and "expired, not run" in caplog.text, 15)
+        assert late.sessions.session_state(agent) is SessionState.UP  # it adopted the leg
+        await asyncio.sleep(1)  # a logout, had it run, would have hung the leg up by now
+        assert (await _members(admin_ami, conf)).get(call, {}).get("MarkedUser") == "Yes"
+        assert not admin_ami.find_events("Hangup", Uniqueid=call)
+        assert _live(r, agent).get("session") == "up"
+    finally:
+        await _hangup(admin_ami, call)
+        late.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_given_a_forged_phone_login_event_then_the_bridge_adopts_nothing(
+    stack: dict[str, Any], admin_ami: AmiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    agent, ext, r = _agent(stack), _phone(), stack["redis"]
+    phone = f"Local/{ext}@sim-deskphone"
+    # A real call of a phone, at the log-in prompt (no PIN typed, no agent logged in).
+    call, _ = await _dial(admin_ami, ext, "*51")
+
+    async def at_prompt() -> dict[str, str] | None:
+        _, chans = await admin_ami.collect("CoreShowChannels")
+        found = [dict(c.items()) for c in chans if c.get("Uniqueid") == call]
+        return found[0] if found and found[0].get("Context") == names.CTX_PHONE_SESSION else None
+
+    await async_until(at_prompt, 15, message="the phone's call is not at the login prompt")
+    chan = await at_prompt()
+    assert chan is not None
+    # Any AMI client with write=user can send any headers: first what the old bridge
+    # trusted, then a forgery with every header a real one has.
+    forged = {"Agent": agent, "Phone": phone, "Uniqueid": call}
+    full = {**forged, "Channel": chan["Channel"], "Context": names.CTX_PHONE_SESSION}
+    for n, headers in enumerate((forged, full), 1):
+        await admin_ami.send("UserEvent", UserEvent=names.EVENT_PHONE_LOGIN, **headers)
+        await async_until(lambda n=n: caplog.text.count("phone login event ignored") >= n, 10)
+    assert "is not the phone session's" in caplog.text
+    assert f"logged in agent None, not {agent}" in caplog.text  # Asterisk said no
+    assert stack["bridge"].sessions.session(agent) is None
+    assert _live(r, agent).get("session") is None
+    await _hangup(admin_ami, call)
+
+
+async def test_given_a_pin_login_then_the_dialer_account_sees_none_of_its_keys(
+    stack: dict[str, Any], admin_ami: AmiClient, dialer_ami: AmiClient
+) -> None:
+    agent, ext, r = _agent(stack), _phone(), stack["redis"]
+    call, person = await _dial(admin_ami, ext, "*51", f"ww{agent}#ww{PIN}#")
+    await async_until(lambda: _live(r, agent).get("session") == "up", 20, message="no session")
+    # An account with read=dtmf and no filter gets every key of the log-in, PIN included ...
+    keys = "".join(e["Digit"] for e in admin_ami.find_events("DTMFEnd", Uniqueid=call))
+    assert f"{agent}#{PIN}#" in keys
+    # ... the dialer's account (manager_outbound.conf) gets none of them.
+    for event in ("DTMFBegin", "DTMFEnd"):
+        assert dialer_ami.find_events(event, Uniqueid=call) == []
+    # Only the log-in is filtered: keys typed in the agent's conference still reach it.
+    await _type(admin_ami, person, "*53")
+    await async_until(lambda: dialer_ami.find_events("DTMFEnd", Uniqueid=call), 10)
+    await _hangup(admin_ami, call)

@@ -382,3 +382,30 @@ async def test_given_a_handler_that_prints_then_only_agi_commands_reach_asterisk
     assert proc.returncode == EXIT_OK, err
     assert out == b'SET VARIABLE "OUTBOUND_NEXT" "hangup"\n'  # the print went to stderr
     assert b"stray output from some library" in err
+
+
+async def test_given_asterisk_passes_the_agi_arguments_on_the_command_line_then_they_are_accepted(
+    tmp_path: Path,
+) -> None:
+    """AGI(outbound-agi,features,login) runs `outbound-agi features login`: the extra
+    argument must not be a usage error; the handler gets it from the header."""
+    header = (
+        b"agi_request: /usr/local/bin/outbound-agi\nagi_channel: Local/x-1;2\n"
+        b"agi_arg_1: features\nagi_arg_2: login\n\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        OUTBOUND,
+        "--set",
+        f"database.url=sqlite:///{tmp_path / 'none.db'}",
+        "agi",
+        "features",
+        "login",
+        "--odd-looking-arg",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(header), 30)
+    assert b"Usage:" not in err, err.decode()
+    # The features handler ran (and refused a login from a channel that is no phone).
+    assert out.startswith(b'SET VARIABLE "OUTBOUND_CODE_RESULT"'), (out, err)

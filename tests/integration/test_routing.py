@@ -8,9 +8,11 @@ machine: the message played after the beep; fax / silence / hang-up recorded as 
 
 from __future__ import annotations
 
+import asyncio
 import random
+import sqlite3
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,9 @@ import pytest
 from sqlalchemy import select
 
 from agi_scripts.routes import register
-from agi_scripts.server import AgiServer
+from agi_scripts.server import AgiServer, AgiSession, Handler
 from ami_bridge.connection import AmiConnection
-from ami_bridge.originator import Originator
+from ami_bridge.originator import EVENT_CONNECT_ABANDONED, Originator
 from ami_bridge.sessions import AgentSessions
 from outbound import names
 from outbound.model import (
@@ -41,13 +43,44 @@ pytestmark = pytest.mark.asterisk
 
 IDENT = "all-circuits-busy-now"  # the test campaigns' identification message (1.8 s)
 
+# A test's own step, run before classify sends a command: (session, command, args).
+Hook = Callable[[AgiSession, str, tuple[Any, ...]], Awaitable[None]]
+
+
+class HookedAgi(AgiServer):
+    """The FastAGI server with every route exactly as served (routes.register), where
+    a test may run a step of its own (hang the call up, log the agent out) right
+    before one of classify's commands: the races the routing must survive, made
+    certain instead of hoped for."""
+
+    hook: Hook | None = None
+
+    def route(self, name: str, handler: Handler) -> None:
+        if name == names.AGI_CLASSIFY:
+            handler = self._hooked(handler)
+        super().route(name, handler)
+
+    def _hooked(self, handler: Handler) -> Handler:
+        async def run(session: AgiSession) -> None:
+            send = session.command
+
+            async def command(cmd: str, *args: object, timeout: float | None = None) -> Any:
+                if self.hook is not None:
+                    await self.hook(session, cmd, args)
+                return await send(cmd, *args, timeout=timeout)
+
+            session.command = command  # type: ignore[method-assign]
+            await handler(session)
+
+        return run
+
 
 @pytest.fixture
 async def stack(sandbox: SandboxInfo, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     """Every FastAGI route (agi_scripts.routes.register), the originator and agent
     sessions on the dialer's AMI account, a fresh database."""
     factory = migrated_factory(tmp_path / "r.db")
-    agi = AgiServer("127.0.0.1", sandbox.agi_port, header_timeout=5, answer_timeout=30)
+    agi = HookedAgi("127.0.0.1", sandbox.agi_port, header_timeout=5, answer_timeout=30)
     register(agi, factory)
     await agi.start()
     ami = AmiConnection(sandbox.ami_host, sandbox.ami_port, sandbox.ami_user, sandbox.ami_secret)
@@ -56,7 +89,13 @@ async def stack(sandbox: SandboxInfo, tmp_path: Path) -> AsyncIterator[dict[str,
     sessions.attach()
     o.start()
     await ami.start(wait=15)
-    yield {"factory": factory, "originator": o, "sessions": sessions}
+    yield {
+        "factory": factory,
+        "originator": o,
+        "sessions": sessions,
+        "agi": agi,
+        "db": tmp_path / "r.db",
+    }
     await o.stop()
     await ami.close()
     await agi.close()
@@ -298,3 +337,169 @@ async def test_given_a_contact_hanging_up_during_amd_then_recorded_as_hangup(
     assert contact_gone and _ts(start) < _ts(contact_gone[0])
     assert not ends or _ts(contact_gone[0]) <= _ts(ends[0])
     assert not admin_ami.find_events("ConfbridgeJoin", Uniqueid=aid)
+
+
+async def test_given_a_hangup_right_after_amd_then_amds_verdict_is_still_recorded(
+    stack: dict[str, Any], admin_ami: AmiClient
+) -> None:
+    agent = await _agent_logged_in(stack)
+    gone: list[str] = []
+
+    async def hang_up_before_the_agent_check(
+        s: AgiSession, cmd: str, args: tuple[Any, ...]
+    ) -> None:
+        # AMD has decided HUMAN; the person hangs up as classify asks about the agent.
+        if not gone and cmd == "GET FULL VARIABLE" and "CONFBRIDGE_INFO" in str(args[0]):
+            gone.append(s.channel)
+            # The channel goes once the AGI ends; until then Asterisk tells the AGI with
+            # a HANGUP line, which the next command meets (AgiHangup, here or in classify).
+            await admin_ami.send("Hangup", Channel=s.channel, Cause="16")
+            for _ in range(50):
+                await s.command("NOOP")
+                await asyncio.sleep(0.1)
+            raise AssertionError("Asterisk never told the AGI of the hang-up")
+
+    stack["agi"].hook = hang_up_before_the_agent_check
+    aid, _ = await _call(stack, admin_ami, "human", agent=agent)
+    await admin_ami.wait_event("Hangup", 20, Uniqueid=aid)
+    await async_until(lambda: _ended(stack["factory"], aid), 10)
+    a = _attempt(stack["factory"], aid)
+    assert gone, "classify never asked about the agent"
+    # AMD's verdict and the decision survive the hang-up; the call is a hang-up.
+    assert a.amd_status == "HUMAN" and (a.amd_cause or "").startswith("HUMAN"), a.audit
+    assert a.result is CallResult.HANGUP
+    assert a.audit["route"] == "hangup" and a.audit["decided_route"] == "connect"
+    # Asterisk: AMD ran to its end before the hang-up; the person never joined.
+    amd = next(
+        e
+        for e in admin_ami.find_events("AGIExecStart", Uniqueid=aid)
+        if e.get("Command", "").startswith('EXEC "AMD"')
+    )
+    (amd_end,) = admin_ami.find_events("AGIExecEnd", Uniqueid=aid, CommandId=amd["CommandId"])
+    hangup = admin_ami.find_events("Hangup", Uniqueid=aid)[0]
+    assert _ts(amd_end) <= _ts(hangup)
+    assert not admin_ami.find_events("ConfbridgeJoin", Uniqueid=aid)
+
+
+async def test_given_the_database_locked_then_a_human_still_joins_within_2s_and_is_recorded_after(
+    stack: dict[str, Any], admin_ami: AmiClient
+) -> None:
+    agent = await _agent_logged_in(stack)
+    aid, number = await _call(stack, admin_ami, "human", agent=agent)
+    conn = sqlite3.connect(stack["db"], isolation_level=None, timeout=1)
+    conn.execute("BEGIN IMMEDIATE")  # every write waits from now on, classify's too
+    try:
+        join = await admin_ami.wait_event(
+            "ConfbridgeJoin", 15, Conference=names.agent_bridge(agent), Uniqueid=aid
+        )
+        greeting_end = await admin_ami.wait_event(
+            "UserEvent", 1, UserEvent="SimGreetingEnd", Number=number
+        )
+        delay = _ts(join) - _ts(greeting_end)
+        assert 0 < delay < 2.0, f"joined {delay:.3f}s after the end of the greeting"
+        # The join did not wait for the verdict: it is not written yet.
+        assert _attempt(stack["factory"], aid).amd_status is None
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+    # Once the database is free, the verdict lands, and the bridge's join with it.
+    a = await async_until(
+        lambda: (x := _attempt(stack["factory"], aid)) and "connect_ms" in x.audit and x,
+        15,
+        message="verdict or connect delay not stored after the lock",
+    )
+    assert a.amd_status == "HUMAN" and a.audit["route"] == "connect"
+    assert a.state is AttemptState.CONNECTED and a.result is None
+    await stack["sessions"].logout(agent)
+    await async_until(lambda: _ended(stack["factory"], aid), 10)
+
+
+async def test_given_the_agent_leaving_between_the_check_and_the_join_then_abandoned_not_left_waiting(
+    stack: dict[str, Any], admin_ami: AmiClient
+) -> None:
+    agent = await _agent_logged_in(stack)
+    conf = names.agent_bridge(agent)
+    left: list[str] = []
+
+    async def agent_leaves_after_the_check(s: AgiSession, cmd: str, args: tuple[Any, ...]) -> None:
+        # classify found the agent free and is about to send the person to them.
+        if not left and cmd == "SET VARIABLE" and args[:2] == (names.VAR_NEXT, "connect"):
+            left.append(agent)
+            await stack["sessions"].logout(agent)
+            await admin_ami.wait_event("ConfbridgeEnd", 10, Conference=conf)
+
+    stack["agi"].hook = agent_leaves_after_the_check
+    policy = {"abandon_message": IDENT, "optout_wait": 1}
+    aid, _ = await _call(stack, admin_ami, "human", agent=agent, policy=policy)
+    hangup = await admin_ami.wait_event("Hangup", 25, Uniqueid=aid)
+    await async_until(lambda: _ended(stack["factory"], aid), 10)
+    assert left, "classify never routed the person to the agent"
+    a = _attempt(stack["factory"], aid)
+    assert a.amd_status == "HUMAN" and a.audit["agent_check"] == {"parties": "1", "marked": "1"}
+    assert a.result is CallResult.ABANDONED, (a.result, a.audit)
+    assert a.audit["route"] == "abandon"
+    assert "left before the join" in a.audit["abandon_reason"]
+    # Asterisk: the dialplan asked again, raised the event, played the identification
+    # message with the opt-out key, hung up; the person never joined an empty bridge.
+    ctx = names.CTX_AFTER_CLASSIFY
+    assert admin_ami.find_events("UserEvent", UserEvent=EVENT_CONNECT_ABANDONED, AttemptId=aid)
+    apps = _apps(admin_ami, aid)
+    assert (ctx, "Read", f"OUTBOUND_OPTOUT_DIGIT,{IDENT},1,,1,1") in apps, apps
+    assert apps[-1] == (ctx, "Hangup", "16") and hangup["Cause"] == "16"
+    assert not admin_ami.find_events("ConfbridgeJoin", Uniqueid=aid)
+
+
+# A machine whose beep is at the pitch of a fax's calling tone (CNG, 1100 Hz), inside
+# the campaign's fax-detection window. Added to the sandbox for this test only.
+CNG_BEEP_DIALPLAN = """
+[sim-scenario]
+exten => machine_cng_beep,1,Ringing()
+ same => n,Wait(1)
+ same => n,Answer()
+ same => n,Playback(vm-intro)
+ same => n,Playtones(1100/500,0/3000)
+ same => n,Wait(4)
+ same => n,StopPlaytones()
+ same => n,UserEvent(SimGreetingEnd,Number: ${SIMNUM},Scenario: ${SIMSCENARIO})
+ same => n,Set(SIMWAIT=30)
+ same => n,Goto(sim-listen,s,1)
+"""
+
+
+@pytest.fixture
+def cng_beep_machine(sandbox_instance: Sandbox) -> Iterator[str]:
+    extra = sandbox_instance.etc_dir / "extensions_sandbox_extra.conf"
+    before = extra.read_text() if extra.exists() else None
+    extra.write_text((before or "") + CNG_BEEP_DIALPLAN)
+    sandbox_instance.cli("dialplan reload")
+    assert "machine_cng_beep" in sandbox_instance.cli("dialplan show sim-scenario")
+    try:
+        yield "machine_cng_beep"
+    finally:
+        if before is None:
+            extra.unlink(missing_ok=True)
+        else:
+            extra.write_text(before)
+        sandbox_instance.cli("dialplan reload")
+
+
+async def test_given_a_machine_beep_at_fax_pitch_then_the_message_is_left_not_taken_for_fax(
+    stack: dict[str, Any], admin_ami: AmiClient, sandbox: SandboxInfo, cng_beep_machine: str
+) -> None:
+    policy = {"machine": "message", "message": "vm-goodbye", "fax_detect": 20}
+    agent = add_agent(stack["factory"], str(66000 + uuid.uuid4().int % 999))
+    aid, _ = await _call(stack, admin_ami, cng_beep_machine, agent=agent, policy=policy)
+    hangup = await admin_ami.wait_event("Hangup", 30, Uniqueid=aid)
+    await async_until(lambda: _ended(stack["factory"], aid), 10)
+    a = _attempt(stack["factory"], aid)
+    assert a.amd_status == "MACHINE" and a.result is CallResult.ANSWERING_MACHINE, a.audit
+    assert a.audit["route"] == "message"
+    # Asterisk: detection off first thing in the message route, never at `fax`, and
+    # the message played to the machine.
+    apps = _apps(admin_ami, aid)
+    ctx = names.CTX_AFTER_CLASSIFY
+    assert not admin_ami.find_events("Newexten", Uniqueid=aid, Exten="fax"), apps
+    assert f"{hangup['Channel']}> Playing 'vm-goodbye" in _full_log(sandbox)
+    assert apps.index((ctx, "ExecIf", "1?Set(FAXOPT(faxdetect)=no)")) < apps.index(
+        (ctx, "Playback", "vm-goodbye")
+    ), apps

@@ -12,6 +12,7 @@ from outbound.campaigns.amd import (
     agent_availability,
     amd_args,
     connect_delay_ms,
+    connect_timing,
     decide,
     is_late_connect,
     is_sound_name,
@@ -95,7 +96,7 @@ def test_given_no_settings_then_the_abandon_plan_is_the_default_with_key_9() -> 
         5,
         "removed",
     )
-    assert abandon_plan({"abandon_message": "custom/acme", "optout_key": "#"}).prompt == (
+    assert abandon_plan({"abandon_message": "custom/acme", "optout_key": "*"}).prompt == (
         "custom/acme"
     )
     assert abandon_plan({"optout_key": ""}).optout_key == ""  # no opt-out offered
@@ -182,3 +183,47 @@ def test_late_connect_counts_the_silence_amd_waited_for() -> None:
     assert is_late_connect(1201, {})
     assert is_late_connect(600, {"after_greeting_silence": 1500})
     assert not is_late_connect(None, {})  # never connected: not a late connect
+
+
+def test_given_hash_as_the_optout_key_then_invalid_because_read_ends_input_on_it() -> None:
+    # Read() takes "#" as the end of input: the digit read would be "", never "#".
+    with pytest.raises(Invalid, match="cannot be '#'"):
+        abandon_plan({"optout_key": "#"})
+    with pytest.raises(Invalid, match="optout_key"):
+        validate_policy({"abandon_message": "custom/acme", "optout_key": "#"})
+    assert abandon_plan({"optout_key": "*"}).optout_key == "*"
+    assert abandon_plan({"optout_key": "0"}).optout_key == "0"
+
+
+def test_given_machine_message_without_a_message_then_invalid_and_says_so() -> None:
+    with pytest.raises(Invalid, match="message .* required when machine is 'message'"):
+        validate_policy({"machine": "message"})
+    with pytest.raises(Invalid, match="message .* required"):
+        validate_policy({"machine": "message", "message": ""})
+    with pytest.raises(Invalid, match="message"):
+        validate_policy({"machine": "message", "message": "x.wav"})
+    assert validate_policy({"machine": "message", "message": "vm-goodbye"})["message"] == (
+        "vm-goodbye"
+    )
+    assert validate_policy({"machine": "hangup", "message": ""})["machine"] == "hangup"
+
+
+def test_given_decision_and_join_times_then_connect_timing_once_both_are_known() -> None:
+    t0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    joined = t0 + timedelta(milliseconds=350)
+    audit = {"decided_at": t0.isoformat()}
+    assert connect_timing(audit, joined, {}) == {"connect_ms": 350, "late_connect": False}
+    # Late: the greeting ended after_greeting_silence ms before the decision.
+    late = connect_timing(audit, joined, {"after_greeting_silence": 1700})
+    assert late == {"connect_ms": 350, "late_connect": True}
+    # An invalid campaign policy counts as the defaults (800 ms), as classify did.
+    assert connect_timing(audit, joined, {"notsure": "?"}) == {
+        "connect_ms": 350,
+        "late_connect": False,
+    }
+    assert connect_timing({}, joined, {}) is None  # the verdict not written yet
+    assert connect_timing(audit, None, {}) is None  # not joined yet
+    assert connect_timing({**audit, "connect_ms": 1}, joined, {}) is None  # stored already
+    assert connect_timing({"decided_at": "yesterday"}, joined, {}) is None
+    naive = {"decided_at": t0.replace(tzinfo=None).isoformat()}  # taken as UTC
+    assert connect_timing(naive, joined, {}) == {"connect_ms": 350, "late_connect": False}

@@ -67,27 +67,64 @@ def test_given_an_agent_with_a_pin_when_verifying_then_only_the_right_pin_passes
         assert verify_pin(s, "47a1", "0123") == (False, False)
 
 
-async def test_given_three_wrong_pins_then_agent_and_phone_locked_with_the_lockout_ttl(
+async def test_given_three_wrong_pins_then_only_that_agent_on_that_phone_is_locked(
     redis: aredis.Redis,
 ) -> None:
     agent, phone = _ids()
-    g = PinGuard(redis, PinPolicy(attempts=3, lockout_s=120))
+    g = PinGuard(redis, PinPolicy(attempts=3, lockout_s=120, attempts_global=10))
     assert await g.failed(agent, phone) == []
     assert await g.failed(agent, phone) == []
     assert await g.locked_for(agent, phone) == 0
-    assert await g.failed(agent, phone) == ["agent", "phone"]
+    assert await g.failed(agent, phone) == ["pair"]
     left = await g.locked_for(agent, phone)
     assert 110 <= left <= 120
-    assert 110 <= await redis.ttl(names.key_pin_lock("agent", agent)) <= 120
+    assert 110 <= await redis.ttl(names.key_pin_lock("pair", f"{agent}@{phone}")) <= 120
+    assert await redis.exists(names.key_pin_lock("agent", agent)) == 0
     # The count is spent by the lock; a right PIN does not lift the lock.
-    assert await redis.exists(names.key_pin_failures("agent", agent)) == 0
+    assert await redis.exists(names.key_pin_failures("pair", f"{agent}@{phone}")) == 0
     await g.succeeded(agent, phone)
     assert await g.locked_for(agent, phone) > 0
-    # Another phone is refused for this agent id; another id is refused on this phone.
+    # Nobody else is locked out: the agent from another phone, a colleague on this phone.
     other_agent, other_phone = _ids()
-    assert await g.locked_for(agent, other_phone) > 0
-    assert await g.locked_for(other_agent, phone) > 0
-    assert await g.locked_for(other_agent, other_phone) == 0
+    assert await g.locked_for(agent, other_phone) == 0
+    assert await g.locked_for(other_agent, phone) == 0
+
+
+async def test_given_wrong_pins_from_many_phones_then_the_id_locks_at_the_global_count(
+    redis: aredis.Redis,
+) -> None:
+    agent, phone = _ids()
+    g = PinGuard(redis, PinPolicy(attempts=3, lockout_s=120, attempts_global=7))
+    locked: list[str] = []
+    for n in range(7):  # 2 + 2 + 2 + 1 from four phones: no pair reaches 3
+        locked += await g.failed(agent, f"{phone}-{n // 2}")
+    assert locked == ["agent"]
+    assert 110 <= await redis.ttl(names.key_pin_lock("agent", agent)) <= 120
+    # Now refused from every phone, a fresh one too.
+    _, fresh = _ids()
+    assert await g.locked_for(agent, fresh) > 0
+
+
+async def test_given_many_ids_tried_from_one_phone_then_the_phone_locks_at_the_global_count(
+    redis: aredis.Redis,
+) -> None:
+    _, phone = _ids()
+    g = PinGuard(redis, PinPolicy(attempts=2, lockout_s=60, attempts_global=4))
+    agents = [_ids()[0] for _ in range(4)]
+    results = [await g.failed(a, phone) for a in agents]
+    assert results == [[], [], [], ["phone"]]
+    assert await g.locked_for(_ids()[0], phone) > 0
+
+
+async def test_given_a_right_pin_then_the_global_counts_are_not_reset(
+    redis: aredis.Redis,
+) -> None:
+    agent, phone = _ids()
+    g = PinGuard(redis, PinPolicy(attempts=3, lockout_s=60, attempts_global=4))
+    for n in range(3):
+        await g.failed(agent, f"{phone}-{n}")
+    await g.succeeded(agent, f"{phone}-0")  # the agent logs in somewhere meanwhile
+    assert await g.failed(agent, f"{phone}-9") == ["agent"]
 
 
 async def test_given_a_right_pin_between_wrong_ones_then_the_count_starts_again(
@@ -107,7 +144,7 @@ async def test_given_unknown_ids_then_only_the_phone_counts_and_locks(
     redis: aredis.Redis,
 ) -> None:
     _, phone = _ids()
-    g = PinGuard(redis, PinPolicy(attempts=2, lockout_s=60))
+    g = PinGuard(redis, PinPolicy(attempts=1, lockout_s=60, attempts_global=2))
     assert await g.failed(None, phone) == []
     assert await g.failed(None, phone) == ["phone"]
     assert await g.locked_for(None, phone) > 0
@@ -117,8 +154,8 @@ async def test_given_a_short_lockout_when_it_expires_then_login_is_allowed_again
     redis: aredis.Redis,
 ) -> None:
     agent, phone = _ids()
-    g = PinGuard(redis, PinPolicy(attempts=1, lockout_s=1))
-    assert await g.failed(agent, phone) == ["agent", "phone"]
+    g = PinGuard(redis, PinPolicy(attempts=1, lockout_s=1, attempts_global=1))
+    assert await g.failed(agent, phone) == ["pair", "agent", "phone"]
     assert await g.locked_for(agent, phone) == 1
     await asyncio.sleep(1.3)  # Redis expires the lock itself: this waits for the TTL
     assert await g.locked_for(agent, phone) == 0
@@ -128,7 +165,7 @@ async def test_given_concurrent_wrong_pins_then_exactly_one_of_them_locks(
     redis: aredis.Redis,
 ) -> None:
     agent, phone = _ids()
-    g = PinGuard(redis, PinPolicy(attempts=3, lockout_s=60))
+    g = PinGuard(redis, PinPolicy(attempts=3, lockout_s=60, attempts_global=3))
     results = await asyncio.gather(*(g.failed(agent, f"{phone}{i}") for i in range(3)))
     assert sum("agent" in r for r in results) == 1
 
@@ -140,3 +177,10 @@ def test_given_agents_settings_then_parsed_and_bad_values_named(tmp_path: Path) 
     assert cfg.get("agents", "pin_lockout") == 900
     with pytest.raises(ConfigError, match=r"\[agents\] pin_attempts = '0'"):
         load_config(env={}, cwd=tmp_path, overrides={"agents.pin_attempts": "0"})
+    assert cfg.get("agents", "pin_attempts_global") == 10
+    with pytest.raises(ConfigError, match=r"pin_attempts_global = 4 must not be below"):
+        load_config(
+            env={"OUTBOUND_AGENTS_PIN_ATTEMPTS_GLOBAL": "4"},
+            cwd=tmp_path,
+            overrides={"agents.pin_attempts": "5"},
+        )
