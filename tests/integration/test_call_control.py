@@ -239,7 +239,9 @@ async def test_given_a_connected_contact_when_a_third_party_is_conferenced_in_th
 
     assert outcome.answered and outcome.channel_id == tid
     assert await members(admin_ami, call.agent) == {call.agent_leg, call.ix.contact_id, tid}
-    assert await linked(admin_ami, far_end(call.number), far_end(target))
+    await async_until(
+        lambda: linked(admin_ami, far_end(call.number), far_end(target)), 5, message="not linked"
+    )
     assert call.ix.state is CallState.CONFERENCE
 
 
@@ -269,14 +271,20 @@ async def test_given_a_consultation_when_the_target_answers_then_it_talks_with_t
 
     assert await members(admin_ami, call.agent) == {call.agent_leg, tid}
     assert await app_of(admin_ami, uid) == "MusicOnHold"
-    assert await linked(admin_ami, leg(call.agent_leg), far_end(target))
+    await async_until(
+        lambda: linked(admin_ami, leg(call.agent_leg), far_end(target)), 5, message="not linked"
+    )
     assert call.ix.state is CallState.CONSULTING
 
     await control.cancel_consult(call.ix.id)
 
     await admin_ami.wait_event("Hangup", Uniqueid=tid, timeout=5)
     assert await members(admin_ami, call.agent) == {call.agent_leg}
-    assert not any(far_end(target)(e) for e in await channels(admin_ami))
+
+    async def far_end_gone() -> bool:  # the target's other half follows a moment later
+        return not any(far_end(target)(e) for e in await channels(admin_ami))
+
+    await async_until(far_end_gone, 5, message="the target's far end is still up")
     assert await app_of(admin_ami, uid) == "MusicOnHold"
     assert call.ix.state is CallState.HELD
 

@@ -70,7 +70,10 @@ async def test_given_a_human_greeting_and_a_reserved_agent_then_connected_to_the
     conf = names.agent_bridge(agent)
     await async_until(lambda: _has(admin_ami, conf, aid), 15, message="human not connected")
     await async_until(lambda: _attempt(stack["factory"], aid).state is AttemptState.CONNECTED, 5)
-    a = _attempt(stack["factory"], aid)
+    # The verdict is written after the AGI let the call go on: wait for it.
+    a = await async_until(
+        lambda: (x := _attempt(stack["factory"], aid)) and "route" in x.audit and x, 10
+    )
     assert a.amd_status == "HUMAN"
     assert a.audit["route"] == "connect"
     await stack["sessions"].logout(agent)  # the agent leaves: the contact's call ends

@@ -185,10 +185,14 @@ async def _route_one(
         # silence after it), then the contact is in the agent's conference.
         assert 0 < delay < 2.0, f"{f.name}: joined {delay:.3f}s after the greeting's end"
         note = f"joined {delay:.2f}s after the greeting"
+        # The verdict is written after the AGI let the call go on (the 2-second path
+        # never waits on the database): wait for it as for connected_at.
         a = await async_until(
-            lambda: (x := _attempt(factory, aid)).connected_at is not None and x,
+            lambda: (
+                (x := _attempt(factory, aid)).connected_at is not None and "route" in x.audit and x
+            ),
             10,
-            message=f"{f.name}: connected_at not set",
+            message=f"{f.name}: connected_at or the verdict not recorded",
         )
         assert a.audit["route"] == "connect" and a.agent_id == agent, (f.name, a.audit)
         assert not _steps(admin, aid, "Playback", MESSAGE), (f.name, _apps(admin, aid))

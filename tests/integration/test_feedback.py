@@ -86,7 +86,8 @@ async def test_given_a_real_call_amd_passed_as_human_when_its_agent_flags_it_the
 
     await async_until(in_bridge, 15, message="human not connected to the agent's bridge")
     await async_until(lambda: _attempt(f, aid).state is AttemptState.CONNECTED, 5)
-    before = _attempt(f, aid)
+    # The verdict is written after the AGI let the call go on: wait for it.
+    before = await async_until(lambda: (x := _attempt(f, aid)) and "route" in x.audit and x, 10)
     assert before.amd_status == "HUMAN" and before.audit["route"] == "connect"
     decision = {c: getattr(before, c) for c in AMD_COLUMNS}
 
