@@ -77,6 +77,12 @@ def key_commands(server: str) -> str:
     return f"{REDIS_PREFIX}commands:{server}"
 
 
+def key_agent_reservation(agent_id: str) -> str:
+    """An agent reserved by a dialer worker for the call it is placing (SET NX, TTL'd):
+    two ticks or two workers never give one agent two calls."""
+    return f"{REDIS_PREFIX}reserved:agent:{agent_id}"
+
+
 KEY_EVENTS = f"{REDIS_PREFIX}events"
 
 
@@ -107,3 +113,29 @@ def key_pin_failures(kind: str, subject: str) -> str:
 def key_pin_lock(kind: str, subject: str) -> str:
     """A PIN lockout of an agent id or a phone; expires when the lock ends."""
     return f"{REDIS_PREFIX}pin:lock:{kind}:{subject}"
+
+
+# Dial queue (outbound/dial_queue.py): besides key_dial_queue (the ordered part) and
+# key_leases (contact -> owner), one key per part below, all per campaign.
+QUEUE_PARTS = frozenset(
+    {
+        "top",  # rejected / pushed back / reclaimed: before everything, first in first out
+        "later",  # pushed with a due time still to come
+        "meta",  # contact -> its ordered score (priority, due), to put it back in place
+        "seq",  # counter giving the top its FIFO order
+        "expiry",  # leased contact -> lease expiry (epoch)
+        "reclaims",  # contact -> how often its lease expired
+        "rebuild",  # a running rebuild's token
+        "journal",  # contacts touched while a rebuild runs
+        "staging",  # the ordered part being rebuilt
+        "staging_meta",  # its meta
+        "swept",  # when enqueue_due last looked at the database
+    }
+)
+
+
+def key_queue_part(campaign_id: int, part: str) -> str:
+    """A dial-queue key of one campaign other than the ordered part and the lease owners."""
+    if part not in QUEUE_PARTS:
+        raise ValueError(f"unknown dial-queue part {part!r}")
+    return f"{REDIS_PREFIX}queue:{campaign_id}:{part}"
