@@ -193,7 +193,7 @@ def demo(obj: Ctx, n: int, keep: bool, sandbox_name: str) -> None:
     from .contacts_import import import_contacts
     from .errors import NotFound
     from .model import Agent, AttemptState, CallAttempt, Contact, make_engine, upgrade
-    from .sandbox import Sandbox
+    from .sandbox import Sandbox, daytime_zone
 
     logging.basicConfig(level="WARNING")
     con = Console()
@@ -235,9 +235,12 @@ def demo(obj: Ctx, n: int, keep: bool, sandbox_name: str) -> None:
     scenarios = ["0", "4", "5", "1", "7", "8", "9", "2", "3", "4"]  # sim-contacts last digit
     with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False, newline="") as fh:
         w = csvmod.writer(fh)
-        w.writerow(["id", "name", "phone"])
+        # The simulated contacts live where it is daytime now, so the real calling-hours
+        # rule lets the demo dial at any hour.
+        zone = daytime_zone()
+        w.writerow(["id", "name", "phone", "timezone"])
         for i in range(n):
-            w.writerow([f"demo-{i}", f"Contact {i}", f"+49301{i:05d}{scenarios[i % 10]}"])
+            w.writerow([f"demo-{i}", f"Contact {i}", f"+49301{i:05d}{scenarios[i % 10]}", zone])
     rep = import_contacts(obj.factory, camp_id, Path(fh.name), default_region="DE")
     con.print(f"imported {rep.imported} contacts ({rep.already_present} already there)")
     r = sredis.Redis.from_url(cfg.redis_url)

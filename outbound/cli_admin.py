@@ -223,7 +223,7 @@ for _ev in ("load", "start", "stop", "unload"):
 # ---------------------------------------------------------------- contacts
 @click.group()
 def contacts() -> None:
-    """Import contact lists."""
+    """Import contact lists; explain why a record is (not) dialing."""
 
 
 @contacts.command("import")
@@ -338,6 +338,33 @@ def contacts_import(
         )
 
     emit(out, as_json, text)
+
+
+@contacts.command("why")
+@click.argument("contact_ref", metavar="CONTACT")
+@click.option("--campaign", "campaign_name", default=None, help="Campaign of the contact key.")
+@click.option("--at", "at", default=None, help="Evaluate at this time (ISO, UTC if no zone).")
+@json_option
+@click.pass_obj
+@errors
+def contacts_why(
+    obj: Ctx, contact_ref: str, campaign_name: str | None, at: str | None, as_json: bool
+) -> None:
+    """Why is this record (not) dialing? CONTACT: the contact id or its external key (with
+    --campaign). Shows every compliance rule with its reason, and the next time the record
+    is dialable, in UTC and in the contact's time zone."""
+    from datetime import UTC, datetime
+
+    from .compliance import find_contact, why
+
+    try:
+        now = datetime.fromisoformat(at) if at else datetime.now(UTC)
+    except ValueError:
+        raise click.BadParameter(f"{at!r} is not an ISO date and time", param_hint="--at") from None
+    now = now if now.tzinfo else now.replace(tzinfo=UTC)
+    with obj.tx() as s:
+        verdict = why(s, find_contact(s, contact_ref, campaign_name), now)
+    emit(verdict.to_dict(), as_json, lambda: click.echo("\n".join(verdict.lines())))
 
 
 # ---------------------------------------------------------------- agents

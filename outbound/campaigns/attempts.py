@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ..compliance import check_for_dial
 from ..errors import Conflict, NotFound
 from ..model import (
     Agent,
@@ -90,28 +91,31 @@ def create_attempt(
     agent_id: str | None = None,
     is_callback: bool = False,
     audit: dict[str, Any] | None = None,
+    now: datetime | None = None,
+    agent_reserved: bool | None = None,
 ) -> CallAttempt:
     """Add the attempt row in state `originating` (the caller commits it before sending).
 
-    Refuses (Conflict) when the contact already has a live attempt: the partial unique
-    index `uq_call_attempts_live_contact` makes this hold even between two processes."""
+    Every dial passes the compliance rules here, in the transaction that writes the row
+    (outbound.compliance: campaign running, calling hours in the contact's zone, DNC,
+    attempts left, retry time, 72 h after an abandoned call unless an agent is reserved
+    (default: one is when `agent_id` is given), ...): a refusal raises NotDialable (a
+    Conflict) naming the failing rules and writes nothing; an allowed dial stores which
+    rules allowed it in the attempt's audit (`compliance`). A contact already in a live
+    attempt is refused too; the partial unique index `uq_call_attempts_live_contact`
+    makes that hold even between two processes."""
+    now = now or utcnow()
     contact = s.get(Contact, contact_id, with_for_update=True)
     if contact is None:
         raise NotFound(f"no contact {contact_id}")
-    live = s.scalar(
-        select(CallAttempt.id).where(
-            CallAttempt.contact_id == contact_id, CallAttempt.state != A.ENDED
-        )
-    )
-    if live is not None:
-        raise Conflict(f"contact {contact_id} is already in call attempt {live}")
     if agent_id is not None and s.get(Agent, agent_id) is None:
         raise NotFound(f"no agent with id {agent_id!r}")
     numbers = contact.numbers
-    if e164 is None:
-        if not numbers:
-            raise Conflict(f"contact {contact_id} has no phone number")
+    if e164 is None and numbers:
         e164 = numbers[min(contact.number_index, len(numbers) - 1)].e164
+    reserved = agent_id is not None if agent_reserved is None else agent_reserved
+    allowed_by = check_for_dial(s, contact_id, e164, now, reserved)
+    assert e164 is not None  # the "number" rule passed
     attempt = CallAttempt(
         campaign_id=contact.campaign_id,
         contact_id=contact_id,
@@ -124,7 +128,7 @@ def create_attempt(
         is_callback=is_callback,
         state=A.ORIGINATING,
         originated_at=utcnow(),
-        audit=audit or {},
+        audit={**(audit or {}), "compliance": allowed_by},
     )
     contact.attempts += 1
     contact.state = ContactState.IN_PROGRESS
@@ -133,6 +137,13 @@ def create_attempt(
         s.flush()
     except IntegrityError:
         raise Conflict(f"contact {contact_id} is already in a call attempt") from None
+    log.info(
+        "attempt %s: dial of contact %s to %s allowed by %s",
+        attempt.id,
+        contact_id,
+        e164,
+        "; ".join(f"{k} {v}" for k, v in allowed_by.items()),
+    )
     return attempt
 
 

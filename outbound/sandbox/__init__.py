@@ -41,8 +41,10 @@ from .root import (
     default_cache_dir,
     ensure_root,
 )
+from .world import daytime_zone
 
 __all__ = [
+    "daytime_zone",
     "CACHE_ENV",
     "CORPUS",
     "CorpusFile",

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from outbound.model import (
     Agent,
     Campaign,
+    CampaignState,
     Contact,
     ContactList,
     DialMode,
@@ -21,6 +22,7 @@ from outbound.model import (
     transaction,
     upgrade,
 )
+from outbound.sandbox import daytime_zone
 
 
 def migrated_factory(path: Path) -> sessionmaker[Session]:
@@ -42,25 +44,39 @@ def add_agent(factory: sessionmaker[Session], agent_id: str, phone: str = "") ->
     return agent_id
 
 
+DAYTIME = "<daytime>"
+
+
 def add_contact(
     factory: sessionmaker[Session],
     number: str,
     *,
     campaign: str = "test",
     mode: DialMode = DialMode.PROGRESSIVE,
+    timezone: str | None = DAYTIME,
     **campaign_fields: Any,
 ) -> int:
-    """A contact with one number in `campaign` (created with its list when missing)."""
+    """A contact with one number in `campaign` (created running, with its list, when
+    missing), dialable now under the default compliance rules: the campaign keeps its
+    default calling hours and the contact lives where it is daytime (`timezone`:
+    DAYTIME, or a zone name, or None for unknown)."""
     with transaction(factory) as s:
         c = s.scalar(select(Campaign).where(Campaign.name == campaign))
         if c is None:
+            campaign_fields.setdefault("state", CampaignState.RUNNING)
             c = Campaign(name=campaign, mode=mode, **campaign_fields)
             s.add(c)
             s.flush()
             s.add(ContactList(campaign_id=c.id, name="l"))
             s.flush()
         lst = s.scalar(select(ContactList.id).where(ContactList.campaign_id == c.id))
-        ct = Contact(campaign_id=c.id, list_id=lst, external_key=uuid.uuid4().hex, name="X")
+        ct = Contact(
+            campaign_id=c.id,
+            list_id=lst,
+            external_key=uuid.uuid4().hex,
+            name="X",
+            timezone=daytime_zone() if timezone == DAYTIME else timezone,
+        )
         s.add(ct)
         s.flush()
         s.add(PhoneNumber(contact_id=ct.id, e164=number))
