@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, time
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -323,3 +324,55 @@ class CaseEvent(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (Index("ix_case_events_contact", "contact_id", "created_at"),)
+
+
+class OfferState(StrEnum):
+    """What became of a record handed to an agent before it was dialed."""
+
+    OPEN = "open"  # the agent sees the case information; not dialed yet
+    DIALED = "dialed"  # the agent dialed: the call attempt (attempt_id) carries on
+    CALL_LATER = "call_later"  # declined: back to the top of the list
+    DO_NOT_CALL = "do_not_call"  # declined: removed, on the campaign's do-not-call list
+    EXPIRED = "expired"  # left unanswered past its lease; the record went to another agent
+
+
+class Offer(Base):
+    """A record handed to an agent before any dial (preview "get record", a callback).
+
+    It holds what no call attempt can, because there is no call yet: who sees which record,
+    which caller ID they chose, and how it ended (dialed, declined later / do not call).
+    Once dialed, the attempt row carries the interaction (outbound.campaigns.interaction).
+    The partial unique indexes keep one open offer per contact and per agent, even if the
+    dial queue in Redis is lost and rebuilt."""
+
+    __tablename__ = "offers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"))
+    callback_id: Mapped[int | None] = mapped_column(ForeignKey("callbacks.id", ondelete="SET NULL"))
+    e164: Mapped[str | None] = mapped_column(String(20))  # the number a dial would call
+    caller_id: Mapped[str | None] = mapped_column(String(80))  # chosen by the agent
+    state: Mapped[OfferState] = mapped_column(_enum(OfferState), default=OfferState.OPEN)
+    attempt_id: Mapped[str | None] = mapped_column(String(36))  # once dialed
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column()
+
+    __table_args__ = (
+        Index("ix_offers_campaign_created", "campaign_id", "created_at"),
+        Index(
+            "uq_offers_open_contact",
+            "contact_id",
+            unique=True,
+            sqlite_where=text("state = 'open'"),
+            postgresql_where=text("state = 'open'"),
+        ),
+        Index(
+            "uq_offers_open_agent",
+            "agent_id",
+            unique=True,
+            sqlite_where=text("state = 'open'"),
+            postgresql_where=text("state = 'open'"),
+        ),
+    )
