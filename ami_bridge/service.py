@@ -21,6 +21,7 @@ from outbound.model import CallAttempt
 from .commands import CommandConsumer, NoSuchCall
 from .connection import AmiActionFailed, AmiConnection
 from .control import CallControl, DialTemplates, Interaction
+from .dialer import Dialer
 from .originator import Originator
 from .rights import ensure_least_privilege
 from .sessions import AgentSession, AgentSessions, NotLoggedIn, SessionState
@@ -59,13 +60,14 @@ class Bridge:
             action_timeout=config.get("ami", "action_timeout"),
         )
         self.redis = redis
+        self.dialer: Dialer | None = None  # the campaign engine ([dialer] engine = on)
         self.originator = Originator(
             self.ami,
             factory,
             server=self.server,
             trunk=config.get("dialer", "trunk"),
             ring_timeout=config.get("dialer", "ring_timeout"),
-            on_call_event=self._publish,
+            on_call_event=self._call_event,
         )
         self.factory = factory
         self.control = CallControl(
@@ -82,6 +84,11 @@ class Bridge:
         )
         self.sessions.attach()
         self.ami.on_ready(self._resync_snapshot)
+        if config.get("dialer", "engine") == "on":
+            self.dialer = Dialer(
+                factory, redis, self.originator, self.sessions, server=self.server, worker=consumer
+            )
+            self.dialer.attach()
         self.commands = CommandConsumer(redis, self.server, consumer)
         for kind, handler in {
             "dial": self._dial,
@@ -243,6 +250,13 @@ class Bridge:
         }
         await self.redis.set(live_key(self.server), json.dumps(snap))
 
+    def _call_event(self, event: dict[str, Any]) -> None:
+        """The originator's call events: published, and to the dialer (an ended call frees
+        its lease and its agent's reservation)."""
+        self._publish(event)
+        if self.dialer is not None:
+            self.dialer.on_call_event(event)
+
     def _publish(self, event: dict[str, Any]) -> None:
         """Call events out: connecting, ringing, answered, connected, ended (with result),
         on the Redis stream the status page reads. Fire and forget: a Redis outage must
@@ -317,6 +331,8 @@ class Bridge:
             asyncio.ensure_future(self.commands.run()),
             asyncio.ensure_future(self._health_loop()),
         ]
+        if self.dialer is not None:
+            tasks.append(asyncio.ensure_future(self.dialer.run(self._stop)))
         log.info("bridge for server %r running", self.server)
         try:
             await self._stop.wait()

@@ -42,6 +42,9 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "internal": "PJSIP/${NUMBER}",
         "ring_timeout": "30",
         "server": "default",
+        # The campaign engine in the bridge (ami_bridge/dialer.py): off for a bridge that
+        # should only carry agent sessions and commands (another worker dials).
+        "engine": "on",
     },
     # Desk-phone log-in (*51): wrong PINs allowed for one agent id on one phone, then that
     # pair is locked (s); pin_attempts_global wrong PINs for an agent id from any phones (or
@@ -165,6 +168,7 @@ _PARSERS: dict[tuple[str, str], Callable[[str], Any]] = {
     ("dialer", "internal"): _trunk,
     ("dialer", "ring_timeout"): lambda v: max(15, _port(v)),
     ("dialer", "server"): _no_ctl,
+    ("dialer", "engine"): _choice("on", "off"),
     ("log", "level"): _log_level,
     ("log", "format"): _choice("text", "json"),
     ("agents", "pin_attempts"): _int_between(1, 100),
