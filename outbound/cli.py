@@ -177,22 +177,24 @@ def demo(obj: Ctx, n: int, keep: bool, sandbox_name: str) -> None:
     import csv as csvmod
     import logging
     import tempfile
+    from datetime import UTC, datetime
 
     import redis as sredis
     import redis.asyncio as aredis
     from rich.console import Console
     from rich.table import Table
+    from sqlalchemy import select
 
     from agi_scripts.routes import register
     from agi_scripts.server import AgiServer
     from ami_bridge.service import Bridge
 
-    from .campaigns.lifecycle import create_campaign, get_campaign, transition
+    from .campaigns.interaction import mark_done
+    from .campaigns.lifecycle import create_campaign, transition
     from .commands import CommandFailed, send_command
     from .config import load_config
     from .contacts_import import import_contacts
-    from .errors import NotFound
-    from .model import Agent, AttemptState, CallAttempt, Contact, make_engine, upgrade
+    from .model import Agent, AttemptState, CallAttempt, Campaign, make_engine, upgrade
     from .sandbox import Sandbox, daytime_zone
 
     logging.basicConfig(level="WARNING")
@@ -214,23 +216,28 @@ def demo(obj: Ctx, n: int, keep: bool, sandbox_name: str) -> None:
     )
     obj._config = cfg
     upgrade(make_engine(cfg.database_url))
+    # A new campaign per run (the dial queue and the results start empty); earlier demo
+    # campaigns still running (an interrupted run) are stopped so the dialer leaves them.
+    camp_name = f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     with obj.tx() as s:
-        try:
-            camp = get_campaign(s, "demo")
-        except NotFound:
-            camp = create_campaign(
-                s,
-                "demo",
-                "progressive",
-                description="sandbox demo",
-                dispositions=["sale", "no-interest"],
-            )
-        if camp.state.value in ("created", "unloaded"):
-            transition(s, camp.id, "load")
-        if camp.state.value in ("loaded", "stopped"):
-            transition(s, camp.id, "start")
-        if s.get(Agent, "1001") is None:
-            s.add(Agent(id="1001", name="Demo Agent", extension="Local/1001@sim-phones"))
+        for old in s.scalars(select(Campaign).where(Campaign.name.like("demo-%"))):
+            if old.state.value == "running":
+                transition(s, old.id, "stop")
+        camp = create_campaign(
+            s,
+            camp_name,
+            "progressive",
+            description="sandbox demo",
+            dispositions=["sale", "no-interest"],
+        )
+        transition(s, camp.id, "load")
+        transition(s, camp.id, "start")
+        agent = s.get(Agent, "1001")
+        if agent is None:
+            agent = Agent(id="1001", name="Demo Agent", extension="Local/1001@sim-phones")
+            s.add(agent)
+        if agent not in camp.agents:
+            camp.agents.append(agent)  # the dialer serves a campaign's member agents
         camp_id = camp.id
     scenarios = ["0", "4", "5", "1", "7", "8", "9", "2", "3", "4"]  # sim-contacts last digit
     with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False, newline="") as fh:
@@ -257,60 +264,58 @@ def demo(obj: Ctx, n: int, keep: bool, sandbox_name: str) -> None:
         def cmd(kind: str, **args: Any) -> dict[str, Any]:
             return send_command(r, sandbox_name, kind, args, 40)
 
-        attempts: list[str] = []
+        def attempts_now() -> list[CallAttempt]:
+            with obj.factory() as s:
+                return list(
+                    s.scalars(
+                        select(CallAttempt)
+                        .where(CallAttempt.campaign_id == camp_id)
+                        .order_by(CallAttempt.created_at)
+                    )
+                )
+
+        before = {a.id for a in attempts_now()}
+        shown: set[str] = set()
+        done: set[str] = set()
         try:
             await asyncio.to_thread(cmd, "login", agent_id="1001")
-            con.print("agent 1001 logged in: the desk phone waits in its conference")
-            with obj.factory() as s:
-                ids = [
-                    c.id
-                    for c in s.query(Contact).filter(
-                        Contact.campaign_id == camp_id, Contact.state == "ready"
-                    )
-                ]
-            for cid in ids:
-                try:
-                    out = await asyncio.to_thread(cmd, "dial", contact_id=cid, agent_id="1001")
-                except CommandFailed as exc:
-                    con.print(f"contact {cid}: {exc}")
-                    continue
-                aid = out["attempt_id"]
-                attempts.append(aid)
-                # Ringing, then (if answered) classification: wait until the call reached
-                # the agent or ended.
-                waiting = (AttemptState.ORIGINATING, AttemptState.RINGING, AttemptState.ANSWERED)
-                for _ in range(400):
-                    with obj.factory() as s:
-                        a = s.get(CallAttempt, aid)
-                        st = a.state if a else AttemptState.ENDED
-                    if st not in waiting:
-                        break
-                    await asyncio.sleep(0.1)
-                if st is AttemptState.CONNECTED:
-                    await asyncio.sleep(2)  # the agent talks
-                    try:
-                        await asyncio.to_thread(cmd, "end", attempt_id=aid)
-                    except CommandFailed as exc:
-                        con.print(f"  (end: {exc})")  # e.g. the contact hung up first
-                for _ in range(100):
-                    with obj.factory() as s:
-                        a = s.get(CallAttempt, aid)
-                        if a is None or a.state is AttemptState.ENDED:
-                            break
-                    await asyncio.sleep(0.1)
-                with obj.factory() as s:
-                    a = s.get(CallAttempt, aid)
-                    shown = a.result.value if a and a.result else "not settled yet"
-                    con.print(f"{a.e164 if a else aid}: {shown}")
+            await asyncio.to_thread(cmd, "ready", agent_id="1001")
+            con.print("agent 1001 logged in and Ready: the bridge's progressive dialer calls")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30 + 15 * n
+            while loop.time() < deadline:
+                mine = [a for a in attempts_now() if a.id not in before]
+                for a in mine:
+                    if a.state is AttemptState.CONNECTED and a.id not in done:
+                        done.add(a.id)
+                        con.print(f"{a.e164}: connected to agent 1001 (the agent talks)")
+                        await asyncio.sleep(2)
+                        try:
+                            await asyncio.to_thread(cmd, "end", attempt_id=a.id)
+                        except CommandFailed as exc:
+                            con.print(f"  (end: {exc})")  # e.g. the contact hung up first
+                    if a.state is AttemptState.ENDED and a.id not in shown:
+                        shown.add(a.id)
+                        con.print(f"{a.e164}: {a.result.value if a.result else 'ended'}")
+                        if a.connected_at is not None and a.disposition is None:
+                            mark_done(obj.factory, a.id, "1001", "sale")  # free again
+                # Every contact had its first call and nothing is live any more.
+                if len({a.contact_id for a in mine}) >= n and all(
+                    a.state is AttemptState.ENDED for a in mine
+                ):
+                    break
+                await asyncio.sleep(0.2)
             await asyncio.to_thread(cmd, "logout", agent_id="1001")
         finally:
             bridge.stop()
             await asyncio.wait_for(task, 15)
             await agi.close()
-        return attempts
+        return [a.id for a in attempts_now() if a.id not in before]
 
     try:
         attempts = asyncio.run(go())
+        with obj.tx() as s:
+            transition(s, camp_id, "stop")
         rows = []
         with open(info.cdr_csv_path, newline="") as fh2:
             rows = list(csvmod.reader(fh2))
