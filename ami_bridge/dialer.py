@@ -22,6 +22,13 @@ A record compliance refuses (NotDialable) leaves the queue; the contact's next_a
 the verdict's next dialable time so that enqueue_due brings it back then (none: it stays
 out until a rebuild), and the reasons are logged.
 
+Push preview: no dial here. Each tick, pushed records left past their timeout go back to
+the top (outbound.campaigns.push.expire_offers), then every member whose session is up,
+Ready on the outbound preview channel, not in "done and stop", free and without an open
+record is pushed the next one; the page hears it on the events stream (`offer_pushed`,
+`offer_expired`). The agent accepts and dials (preview.dial) or rejects. The push core is
+synchronous: it runs in a thread on a synchronous Redis client of the same server.
+
 Housekeeping every `sweep_s`: enqueue_due and reclaim per campaign, leases of the calls in
 flight renewed. The queues are rebuilt from the database at start, on every AMI
 (re)connection and when a campaign starts running. Every await has a deadline.
@@ -38,13 +45,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
+import redis as sync_redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from outbound import dial_queue, live, names
+from outbound.campaigns import push
 from outbound.campaigns.interaction import agent_is_free
 from outbound.compliance import NotDialable
-from outbound.dial_queue import AsyncDialQueue
+from outbound.dial_queue import AsyncDialQueue, DialQueue
 from outbound.errors import Conflict, NotFound
 from outbound.model import (
     AgentCampaign,
@@ -73,7 +82,7 @@ REFUSALS_PER_AGENT = 20  # records compliance may refuse for one agent in one ti
 
 # The modes this engine drives (their queues are rebuilt and ticked). Predictive joins
 # with its function in Dialer._modes.
-ENGINE_MODES = (DialMode.PROGRESSIVE,)
+ENGINE_MODES = (DialMode.PROGRESSIVE, DialMode.PUSH_PREVIEW)
 
 # Release / extend a reservation only if it is still ours (it may have expired and been
 # taken by another worker meanwhile).
@@ -224,7 +233,9 @@ class Dialer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._modes: dict[DialMode, Callable[[CampaignInfo], Awaitable[None]]] = {
             DialMode.PROGRESSIVE: self._progressive,
+            DialMode.PUSH_PREVIEW: self._push_preview,
         }
+        self._sync_redis: Any = None  # for the synchronous push preview core, in threads
 
     # ------------------------------------------------------------ wiring
     def attach(self) -> None:
@@ -336,9 +347,9 @@ class Dialer:
             await self._modes[c.mode](c)
 
     # ------------------------------------------------------------ progressive
-    async def _ready_agents(self, campaign: CampaignInfo) -> list[str]:
-        """Members whose session on this bridge is up and who are Ready for voice, not
-        reserved here; longest Ready first."""
+    async def _ready_agents(self, campaign: CampaignInfo, channel: str = "voice") -> list[str]:
+        """Members whose session on this bridge is up and who are Ready on `channel`, not
+        reserved here (preview: not in "done and stop"); longest Ready first."""
 
         def q() -> list[str]:
             with self.factory() as s:
@@ -352,7 +363,9 @@ class Dialer:
             if agent in self.reservations.held:
                 continue
             state = live.decode(await self._step(self.redis.hgetall(live.agent_key(agent))))
-            if state.get("session") == "up" and state.get("ready_voice") == "1":
+            if channel == "preview" and state.get(live.PREVIEW_STOPPED) == "1":
+                continue
+            if state.get("session") == "up" and state.get(f"ready_{channel}") == "1":
                 ready.append((float(state.get("ts") or 0), agent))
         return [a for _, a in sorted(ready)]
 
@@ -380,6 +393,54 @@ class Dialer:
                     await self._step(self.reservations.give_back(agent, token))
             if placed in (Placed.EMPTY, Placed.PAUSED):
                 return  # nothing due, or dialing paused: no other agent gets a call now
+
+    # ------------------------------------------------------------ push preview
+    def _sync_queue(self, campaign_id: int) -> DialQueue:
+        if self._sync_redis is None:
+            kw = self.redis.connection_pool.connection_kwargs
+            self._sync_redis = sync_redis.Redis(
+                **{k: kw[k] for k in ("host", "port", "db", "username", "password") if k in kw}
+            )
+        return DialQueue(self._sync_redis, campaign_id)
+
+    async def _publish(self, event: str, campaign: CampaignInfo, got: dict[str, Any]) -> None:
+        fields = {"event": event, "campaign_id": str(campaign.id)}
+        fields |= {
+            k: str(got[k])
+            for k in ("agent_id", "offer_id", "contact_id", "deadline")
+            if got.get(k) is not None
+        }
+        await self._step(
+            self.redis.xadd(names.KEY_EVENTS, fields, maxlen=100_000, approximate=True)
+        )
+
+    async def _push_preview(self, campaign: CampaignInfo) -> None:
+        """Overdue pushed records back to the top, then one record pushed to each Ready,
+        free agent without one. Nothing is dialed here: the agent accepts and dials."""
+        q = self._sync_queue(campaign.id)
+        for got in await self._db(lambda: push.expire_offers(self.factory, q)):
+            await self._publish("offer_expired", campaign, got)
+        ready = await self._ready_agents(campaign, "preview")
+        if not ready:
+            return
+
+        def free() -> list[str]:
+            with self.factory() as s:
+                return push.pushable(s, ready)
+
+        for agent in await self._db(free):
+
+            def offer(agent: str = agent) -> dict[str, Any]:
+                return push.push_offer(self.factory, q, agent, campaign.id)
+
+            try:
+                got = await self._db(offer)
+            except Conflict as exc:  # changed since it was looked at: next tick
+                log.info("campaign %s: nothing pushed to %s: %s", campaign.name, agent, exc)
+                continue
+            if got["status"] != "record":
+                return  # nothing due: no other agent gets one either
+            await self._publish("offer_pushed", campaign, {**got, "agent_id": agent})
 
     async def _place(self, campaign: CampaignInfo, agent: str, token: str) -> Placed:
         """Lease records until one is dialed for `agent` (the refused ones leave)."""

@@ -155,6 +155,7 @@ _OFFER_STATES = {
     OfferState.OPEN: X.PREVIEWING,
     OfferState.CALL_LATER: X.DECLINED,
     OfferState.DO_NOT_CALL: X.DECLINED,
+    OfferState.REJECTED: X.DECLINED,  # a pushed record the agent rejected
     OfferState.EXPIRED: X.EXPIRED,
 }
 

@@ -141,6 +141,20 @@ def get_record(
     if not live.is_ready(queue.redis, agent_id):
         raise Conflict(f"agent {agent_id} must be Ready to get a record")
     live.set_preview_stopped(queue.redis, agent_id, False)
+    return lease_and_offer(factory, queue, agent_id, campaign, now, lease_s)
+
+
+def lease_and_offer(
+    factory: sessionmaker[Session],
+    queue: Any,
+    agent_id: str,
+    campaign: Campaign,
+    now: datetime | None,
+    lease_s: float,
+) -> dict[str, Any]:
+    """Lease records to the agent until one may be offered (shared by "get record" and
+    push preview): the refused ones are put back where and when they belong."""
+    campaign_id = campaign.id
     owner = lease_owner(agent_id)
     queue.reclaim(now)  # leases left past their time go back on top first
     kept: list[int] = []
@@ -252,6 +266,8 @@ def _own_offer(s: Session, offer_id: int, agent_id: str) -> tuple[Offer, Campaig
 
 
 def _state(s: Session, campaign: Campaign, offer: Offer) -> IState:
+    if offer.state is OfferState.REJECTED:  # push preview's reject: declined, on top again
+        return IState.DECLINED
     attempt = s.get(CallAttempt, offer.attempt_id) if offer.attempt_id else None
     return derive_state(campaign.mode, offer, attempt)
 
@@ -387,16 +403,21 @@ def decline(
             )
         )
         contact_id = contact.id
-    owner = lease_owner(agent_id)
     if choice == "dnc":
         _settle(queue, contact_id, agent_id)
     else:
-        try:
-            if not queue.release(contact_id, owner, top=True):
-                queue.push_top(contact_id)
-        except Conflict:
-            log.warning("declined record %s is leased by another owner: left there", contact_id)
+        back_to_top(queue, contact_id, agent_id)
     return {"offer_id": offer_id, "contact_id": contact_id, "choice": choice, "state": "declined"}
+
+
+def back_to_top(queue: Any, contact_id: int, agent_id: str) -> None:
+    """The agent's record goes first in line again (its lease released, or pushed to the
+    top if the lease already lapsed); one leased by someone else meanwhile is left there."""
+    try:
+        if not queue.release(contact_id, lease_owner(agent_id), top=True):
+            queue.push_top(contact_id)
+    except Conflict:
+        log.warning("record %s is leased by another owner: left there", contact_id)
 
 
 def _campaign_dnc(s: Session, contact: Contact, campaign_id: int, agent_id: str) -> None:

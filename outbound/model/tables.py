@@ -334,6 +334,7 @@ class OfferState(StrEnum):
     CALL_LATER = "call_later"  # declined: back to the top of the list
     DO_NOT_CALL = "do_not_call"  # declined: removed, on the campaign's do-not-call list
     EXPIRED = "expired"  # left unanswered past its lease; the record went to another agent
+    REJECTED = "rejected"  # push preview: the agent rejected it; back to the top of the list
 
 
 class Offer(Base):

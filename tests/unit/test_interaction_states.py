@@ -119,6 +119,10 @@ def test_given_offer_states_then_derived() -> None:
     assert derive_state(DialMode.PREVIEW, offer(OfferState.CALL_LATER), None) is S.DECLINED
     assert derive_state(DialMode.PREVIEW, offer(OfferState.DO_NOT_CALL), None) is S.DECLINED
     assert derive_state(DialMode.PREVIEW, offer(OfferState.EXPIRED), None) is S.EXPIRED
+    # Every offer state without an attempt maps to an interaction state (a rejected push
+    # offer included); a dialed offer's state is its attempt's.
+    for state in set(OfferState) - {OfferState.DIALED}:
+        assert derive_state(DialMode.PUSH_PREVIEW, offer(state), None) in set(S)
     with pytest.raises(NotFound):
         derive_state(DialMode.PREVIEW, None, None)
 
