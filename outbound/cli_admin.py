@@ -201,16 +201,31 @@ def _lifecycle(event: str) -> Callable[..., None]:
     @click.pass_obj
     @errors
     def cmd(obj: Ctx, name: str, as_json: bool) -> None:
-        from .campaigns.lifecycle import transition
+        from .campaigns.notify import connect, transition_and_notify
 
-        with obj.tx() as s:
-            ev = transition(s, name, event)
-        out = {"campaign": ev.campaign, "event": ev.event, "from": ev.old.value, "to": ev.new.value}
-        emit(
-            out,
-            as_json,
-            lambda: click.echo(f"campaign {ev.campaign!r}: {ev.old.value} -> {ev.new.value}"),
-        )
+        # load / start notify the member agents once committed; Redis trouble is reported,
+        # the transition stands (exit code 0: it must not be retried).
+        redis = connect(obj.config.redis_url)
+        try:
+            ev, sent = transition_and_notify(obj.factory, redis, name, event)
+        finally:
+            redis.close()
+        out = {
+            "campaign": ev.campaign,
+            "event": ev.event,
+            "from": ev.old.value,
+            "to": ev.new.value,
+            "notified": sent.to_dict() if sent else None,
+        }
+
+        def text() -> None:
+            click.echo(f"campaign {ev.campaign!r}: {ev.old.value} -> {ev.new.value}")
+            if sent is not None and sent.ok:
+                click.echo(f"notified {len(sent.delivered)} member agent(s)")
+            elif sent is not None:
+                click.echo(f"warning: agents NOT notified (Redis: {sent.error})", err=True)
+
+        emit(out, as_json, text)
 
     cmd.__doc__ = f"{event.capitalize()} a campaign (see the lifecycle in the README)."
     return cmd

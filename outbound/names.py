@@ -139,3 +139,9 @@ def key_queue_part(campaign_id: int, part: str) -> str:
     if part not in QUEUE_PARTS:
         raise ValueError(f"unknown dial-queue part {part!r}")
     return f"{REDIS_PREFIX}queue:{campaign_id}:{part}"
+
+
+def key_agent_inbox(agent_id: str) -> str:
+    """An agent's own notifications (campaign loaded / started): a capped stream, one entry
+    per notification, deleted when the agent acknowledges it (outbound.campaigns.notify)."""
+    return f"{REDIS_PREFIX}inbox:agent:{agent_id}"
