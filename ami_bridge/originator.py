@@ -23,8 +23,15 @@ from outbound import names
 from outbound.campaigns.amd import connect_timing
 from outbound.campaigns.attempts import advance, create_attempt, settle
 from outbound.campaigns.results import dial_result
-from outbound.errors import Conflict
-from outbound.model import AttemptState, CallAttempt, CallResult, Campaign, transaction
+from outbound.errors import Conflict, NotFound
+from outbound.model import (
+    AttemptState,
+    CallAttempt,
+    CallResult,
+    Campaign,
+    transaction,
+    utcnow,
+)
 from outbound.wire import channel_variable, check_value
 
 from .connection import AmiActionFailed, AmiConnection, AmiError, AmiNotReady
@@ -104,8 +111,15 @@ class Originator:
         audit: dict[str, Any] | None = None,
         context: str | None = None,
         exten: str | None = None,
+        attempt_id: str | None = None,
     ) -> str:
         """Commit an attempt and fire its Originate; return the attempt id at once.
+
+        With `attempt_id`: an attempt the agent's own dial already wrote in state
+        `created` (preview, push preview; compliance ran then) is claimed instead,
+        created -> originating in one transaction, and originated once; a second claim,
+        another contact's attempt or one already sent is refused (Conflict), nothing sent.
+        Its number, trunk, caller id and agent are the row's.
 
         Refused (AmiNotReady, nothing written) while AMI is not healthy: dialing pauses."""
         if not self.ami.healthy:
@@ -119,8 +133,14 @@ class Originator:
         if e164 is not None:
             check_value("number", e164, max_len=20)
 
+        claimed: dict[str, Any] = {}
+
         def commit() -> tuple[str, str]:
             with transaction(self.factory) as s:
+                if attempt_id is not None:
+                    a = _claim_created(s, attempt_id, contact_id, self.server)
+                    claimed.update(trunk=a.trunk, caller_id=a.caller_id, agent_id=a.agent_id)
+                    return a.id, a.e164
                 a = create_attempt(
                     s,
                     contact_id,
@@ -133,26 +153,30 @@ class Originator:
                 )
                 return a.id, a.e164
 
-        attempt_id, number = await asyncio.to_thread(commit)
+        aid, number = await asyncio.to_thread(commit)
+        if claimed:
+            dial_trunk = claimed["trunk"] or dial_trunk
+            caller_id = claimed["caller_id"] or caller_id
+            agent_id = claimed["agent_id"] or agent_id
         self._emit(
             {
                 "event": "call_connecting",
-                "attempt_id": attempt_id,
+                "attempt_id": aid,
                 "contact_id": contact_id,
                 "agent_id": agent_id or "",
             }
         )
         fields: dict[str, Any] = {
-            "ActionID": ORIGINATE_PREFIX + attempt_id,
+            "ActionID": ORIGINATE_PREFIX + aid,
             "Channel": f"Local/{number}@{names.CTX_DIAL}",
             "Context": context or self.answered_context,
             "Exten": exten or self.answered_exten,
             "Priority": "1",
             "Async": "true",
-            "ChannelId": attempt_id,
+            "ChannelId": aid,
             "Timeout": str((self.ring_timeout + 10) * 1000),
             "Variable": [
-                channel_variable(names.VAR_ATTEMPT_ID, attempt_id),
+                channel_variable(names.VAR_ATTEMPT_ID, aid),
                 channel_variable(names.VAR_TRUNK_DIAL, dial_trunk),
                 channel_variable(names.VAR_RING_TIMEOUT, self.ring_timeout),
                 *([channel_variable(names.VAR_AGENT, agent_id)] if agent_id else []),
@@ -161,10 +185,10 @@ class Originator:
         }
         if caller_id:
             fields["CallerID"] = caller_id
-        task = asyncio.ensure_future(self._fire(attempt_id, fields))
+        task = asyncio.ensure_future(self._fire(aid, fields))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return attempt_id
+        return aid
 
     async def _fire(self, attempt_id: str, fields: dict[str, Any]) -> None:
         try:
@@ -425,3 +449,19 @@ def _int(v: Any) -> int | None:
         return int(v)
     except (TypeError, ValueError):
         return None
+
+
+def _claim_created(s: Session, attempt_id: str, contact_id: int, server: str) -> CallAttempt:
+    """Lock an agent-written attempt for its one Originate: it must be `created` (never
+    sent) and the contact's; it moves to `originating` on this server in the caller's
+    transaction, so a second dial command for it finds it taken."""
+    a = s.scalar(select(CallAttempt).where(CallAttempt.id == attempt_id).with_for_update())
+    if a is None:
+        raise NotFound(f"attempt {attempt_id} does not exist")
+    if a.contact_id != contact_id:
+        raise Conflict(f"attempt {attempt_id} is not contact {contact_id}'s")
+    if a.state is not AttemptState.CREATED:
+        raise Conflict(f"attempt {attempt_id} was already dialed (state {a.state.value})")
+    advance(a, "send")
+    a.server, a.originated_at = server, utcnow()
+    return a

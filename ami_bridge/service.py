@@ -290,6 +290,8 @@ class Bridge:
             caller_id=args.get("caller_id"),
             context=names.CTX_CONNECT if connect else None,
             exten=str(agent) if connect else None,
+            # An attempt the agent's preview dial already wrote: originate that one.
+            attempt_id=str(args["attempt_id"]) if args.get("attempt_id") else None,
         )
         return {"attempt_id": aid}
 

@@ -93,8 +93,11 @@ def create_attempt(
     audit: dict[str, Any] | None = None,
     now: datetime | None = None,
     agent_reserved: bool | None = None,
+    state: AttemptState = AttemptState.ORIGINATING,
 ) -> CallAttempt:
-    """Add the attempt row in state `originating` (the caller commits it before sending).
+    """Add the attempt row in state `originating` (the caller commits it before sending),
+    or `created` when another process will send it (an agent's preview dial: the bridge
+    claims it, created -> originating, for its one Originate).
 
     Every dial passes the compliance rules here, in the transaction that writes the row
     (outbound.compliance: campaign running, calling hours in the contact's zone, DNC,
@@ -126,8 +129,8 @@ def create_attempt(
         caller_id=caller_id,
         agent_id=agent_id,
         is_callback=is_callback,
-        state=A.ORIGINATING,
-        originated_at=utcnow(),
+        state=state,
+        originated_at=utcnow() if state is A.ORIGINATING else None,
         audit={**(audit or {}), "compliance": allowed_by},
     )
     contact.attempts += 1

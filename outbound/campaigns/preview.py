@@ -26,6 +26,7 @@ from ..errors import Conflict, Invalid, NotFound
 from ..model import (
     Agent,
     AgentCampaign,
+    AttemptState,
     CallAttempt,
     Callback,
     CallbackState,
@@ -298,8 +299,9 @@ def dial(
 ) -> dict[str, Any]:
     """The agent dials the previewed record: the call attempt is written (every
     compliance rule is checked there: a refusal raises NotDialable and changes nothing,
-    the record stays shown), then the lease is settled. The caller sends the Originate
-    to the bridge with the returned attempt id."""
+    the record stays shown) in state `created`, then the lease is settled. The caller
+    sends the bridge's `dial` command with the returned attempt id; the bridge claims the
+    attempt (created -> originating) for its one Originate."""
     now = now or utcnow()
     with transaction(factory) as s:
         offer, campaign = _own_offer(s, offer_id, agent_id)
@@ -321,6 +323,7 @@ def dial(
             is_callback=offer.callback_id is not None,
             audit=audit,
             now=now,
+            state=AttemptState.CREATED,
         )
         step(offer.id, state, "dial")
         offer.state, offer.attempt_id, offer.caller_id, offer.closed_at = (

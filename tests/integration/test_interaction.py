@@ -43,6 +43,7 @@ from outbound.dial_queue import DialQueue
 from outbound.errors import Conflict, Invalid, NotFound
 from outbound.model import (
     AgentCampaign,
+    AttemptState,
     CallAttempt,
     Callback,
     CallResult,
@@ -162,10 +163,13 @@ def prog(factory: sessionmaker[Session], r: redis.Redis) -> Iterator[World]:
 
 
 def _connect(factory: sessionmaker[Session], attempt_id: str, end: bool = False) -> None:
-    """What the bridge does when the contact answers and joins the agent (and hangs up)."""
+    """What the bridge does when it sends the agent's dial (claims the `created` attempt),
+    the contact answers and joins the agent (and hangs up)."""
     with transaction(factory) as s:
         a = s.get(CallAttempt, attempt_id)
         assert a is not None
+        if a.state is AttemptState.CREATED:
+            advance(a, "send")
         advance(a, "answer")
         advance(a, "connect")
     if end:

@@ -26,12 +26,13 @@ from outbound import live, names
 from outbound.campaigns import push
 from outbound.campaigns.feedback import NotAllowed
 from outbound.campaigns.preview import dial, lease_owner
-from outbound.commands import send_command
+from outbound.commands import CommandFailed, send_command
 from outbound.compliance import NotDialable
 from outbound.dial_queue import DialQueue
 from outbound.errors import Conflict
 from outbound.model import (
     AgentCampaign,
+    AttemptState,
     CallAttempt,
     Campaign,
     CaseEvent,
@@ -325,3 +326,22 @@ async def test_given_a_ready_agent_then_the_bridge_pushes_a_record_and_never_dia
     with f() as s:
         assert s.scalar(select(Offer.id).where(Offer.agent_id == lazy)) is None
         assert [a.id for a in s.scalars(select(CallAttempt))] == [out["attempt_id"]]
+        assert s.get(CallAttempt, out["attempt_id"]).state is AttemptState.CREATED  # type: ignore[union-attr]
+    # The agent's dial reaches the bridge: it claims that attempt and originates it once;
+    # Asterisk sees one call to the number, under the attempt's id.
+    sent = await asyncio.to_thread(
+        cmd, "dial", contact_id=out["contact_id"], agent_id=ready, attempt_id=out["attempt_id"]
+    )
+    assert sent["attempt_id"] == out["attempt_id"]
+    number = out["number"]
+    await async_until(lambda: admin_ami.db_get("simcount", number), 15, message="not dialed")
+    await admin_ami.wait_event("Newchannel", 15, Uniqueid=out["attempt_id"])
+    # A second dial command for the same attempt is refused: nothing twice.
+    with pytest.raises(CommandFailed, match="already dialed"):
+        await asyncio.to_thread(
+            cmd, "dial", contact_id=out["contact_id"], agent_id=ready, attempt_id=out["attempt_id"]
+        )
+    await asyncio.sleep(1)
+    assert await admin_ami.db_get("simcount", number) == "1"
+    with f() as s:
+        assert len(list(s.scalars(select(CallAttempt)))) == 1
