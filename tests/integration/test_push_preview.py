@@ -11,9 +11,7 @@ they are deleted after. Times are passed as `now` instead of sleeping.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -31,12 +29,10 @@ from outbound.compliance import NotDialable
 from outbound.dial_queue import DialQueue
 from outbound.errors import Conflict
 from outbound.model import (
-    AgentCampaign,
     AttemptState,
     CallAttempt,
     Campaign,
     CaseEvent,
-    Contact,
     DialMode,
     DncEntry,
     make_engine,
@@ -47,8 +43,9 @@ from outbound.model import (
 )
 from outbound.model.tables import Offer, OfferState
 from tests.helpers.ami import AmiClient
-from tests.helpers.db import add_agent, add_contact
 from tests.helpers.until import async_until
+from tests.helpers.world import World as BaseWorld
+from tests.helpers.world import make_world
 from tests.integration.test_dialer_progressive import world  # noqa: F401 (fixture)
 
 REDIS_URL = "redis://127.0.0.1:6379/10"
@@ -70,36 +67,8 @@ def r() -> Iterator[redis.Redis]:
     client.close()
 
 
-@dataclass
-class World:
+class World(BaseWorld):
     """A running push preview campaign, its queue, records in queue order and agents."""
-
-    factory: sessionmaker[Session]
-    r: redis.Redis
-    campaign_id: int
-    queue: DialQueue
-    contacts: list[int] = field(default_factory=list)
-    agents: list[str] = field(default_factory=list)
-
-    def agent(self, preview: bool = True, voice: bool = True) -> str:
-        agent_id = str(random.randrange(10**9, 10**10))
-        add_agent(self.factory, agent_id)
-        with transaction(self.factory) as s:
-            s.add(AgentCampaign(agent_id=agent_id, campaign_id=self.campaign_id))
-        fields = live.agent_fields("up", ready=voice)
-        fields["ready_preview"] = "1" if preview else "0"
-        self.r.hset(live.agent_key(agent_id), mapping=fields)
-        self.agents.append(agent_id)
-        return agent_id
-
-    def contact(self, number: str, **kw: Any) -> int:
-        cid = add_contact(self.factory, number, campaign=f"push{self.campaign_id}", **kw)
-        with transaction(self.factory) as s:
-            c = s.get(Contact, cid)
-            assert c is not None
-            c.created_at = utcnow() - timedelta(minutes=10 - len(self.contacts))
-        self.contacts.append(cid)
-        return cid
 
     def offer(self, offer_id: int) -> Offer:
         with self.factory() as s:
@@ -117,17 +86,12 @@ class World:
 
 @pytest.fixture
 def w(factory: sessionmaker[Session], r: redis.Redis) -> Iterator[World]:
-    cid = random.randrange(10**6, 10**8)
-    wd = World(factory, r, cid, DialQueue(r, cid))
-    wd.contact("+4930200001", mode=DialMode.PUSH_PREVIEW, id=cid, push_timeout_s=TIMEOUT_S)
-    wd.contact("+4930200002")
-    wd.queue.rebuild(factory, utcnow())
-    try:
+    for wd in make_world(
+        World, factory, r, "+4930200001", mode=DialMode.PUSH_PREVIEW, push_timeout_s=TIMEOUT_S
+    ):
+        wd.contact("+4930200002")
+        wd.fill()
         yield wd
-    finally:
-        wd.queue.drop()
-        for a in wd.agents:
-            r.delete(live.agent_key(a))
 
 
 def test_given_a_ready_agent_when_pushed_accepted_and_dialed_then_the_attempt_is_placed(
@@ -252,7 +216,7 @@ def test_given_an_agent_with_an_open_offer_then_no_second_record_is_pushed(w: Wo
 def test_given_an_agent_not_ready_on_the_preview_channel_then_nothing_is_pushed(
     w: World,
 ) -> None:
-    voice_only = w.agent(preview=False, voice=True)
+    voice_only = w.agent(ready=True, preview=False)
     with pytest.raises(Conflict, match="outbound preview channel"):
         push.push_offer(w.factory, w.queue, voice_only, w.campaign_id)
     stopped = w.agent()
