@@ -327,7 +327,7 @@ class Dialer:
         now = datetime.now(UTC)
         for c in await self._campaigns():
             q = self._queue(c.id)
-            added = await asyncio.wait_for(enqueue_due(q, self.factory, now), REBUILD_TIMEOUT_S)
+            added = await asyncio.wait_for(q.enqueue_due(self.factory, now), REBUILD_TIMEOUT_S)
             back = await self._step(q.reclaim())
             if added or back:
                 log.info(
@@ -552,20 +552,6 @@ class Dialer:
             log.warning("attempt %s: lease not settled: %s", fl.attempt_id, exc)
         finally:
             await self._step(self.reservations.give_back(fl.agent_id, fl.token))
-
-
-async def enqueue_due(q: AsyncDialQueue, factory: sessionmaker[Session], now: datetime) -> int:
-    """DialQueue.enqueue_due on the async client (AsyncDialQueue has none yet): push the
-    records whose next_at came since the last sweep; returns how many were queued."""
-    since = dial_queue._since(await q.redis.get(q.swept_key))
-    chunks = await asyncio.to_thread(
-        lambda: list(dial_queue.dialable_chunks(factory, q.campaign_id, now, since))
-    )
-    n = 0
-    for rows in chunks:
-        n += sum(st == "queued" for st in await q._do(q._push(rows, now)))
-    await q.redis.set(q.swept_key, dial_queue._epoch(now))
-    return n
 
 
 def _write(factory: sessionmaker[Session], fn: Callable[[Session], None]) -> None:

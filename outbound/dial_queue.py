@@ -531,6 +531,18 @@ class AsyncDialQueue(_Common):
     async def lease_of(self, contact_id: int) -> Lease | None:
         return (await self.locate(contact_id)).lease
 
+    async def enqueue_due(self, factory: sessionmaker[Session], now: datetime) -> int:
+        """As `DialQueue.enqueue_due`; the database is read in a worker thread."""
+        since = _since(await self.redis.get(self.swept_key))
+        chunks = await asyncio.to_thread(
+            lambda: list(dialable_chunks(factory, self.campaign_id, now, since))
+        )
+        n = 0
+        for rows in chunks:
+            n += sum(s == "queued" for s in await self._do(self._push(rows, now)))
+        await self.redis.set(self.swept_key, _epoch(now))
+        return n
+
     async def rebuild(self, factory: sessionmaker[Session], now: datetime) -> RebuildCounts:
         """As `DialQueue.rebuild`; the database is read in a worker thread."""
         token = uuid.uuid4().hex

@@ -450,3 +450,20 @@ async def test_given_async_queue_then_same_behaviour_on_the_same_keys(
     finally:
         await aq.drop()
         await client.aclose()
+
+
+async def test_given_async_queue_when_a_retry_comes_due_then_swept_in_once(
+    db: sessionmaker[Session],
+) -> None:
+    cid, _, made = _mixed_campaign(db)
+    client = aredis.Redis.from_url(REDIS_URL)
+    aq = AsyncDialQueue(client, cid)
+    try:
+        assert await aq.enqueue_due(db, T0) == 3  # first sweep: everything due
+        assert await aq.enqueue_due(db, T0 + timedelta(seconds=1)) == 0
+        later = T0 + timedelta(hours=1, seconds=1)
+        assert await aq.enqueue_due(db, later) == 1
+        assert made["retry_later"] in [e.contact_id for e in await aq.peek(10, now=later)]
+    finally:
+        await aq.drop()
+        await client.aclose()
