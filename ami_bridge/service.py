@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from outbound import live, names
 from outbound.agents import get_agent
+from outbound.campaigns.interaction import record_dtmf
 from outbound.config import Config
 from outbound.errors import Conflict, NotFound
 from outbound.model import CallAttempt
@@ -226,6 +227,8 @@ class Bridge:
             result: dict[str, Any] = {"attempt_id": ix.id, "state": ix.state.value}
             if method == "send_dtmf":
                 result["digits"] = out
+                # The digits the contact heard go into the contact's case history.
+                await asyncio.to_thread(record_dtmf, self.factory, ix.id, ix.agent_id, out)
             elif method in ("consult", "conference"):
                 result["target_channel_id"] = out
             return result

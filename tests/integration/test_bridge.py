@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio as aredis
+from sqlalchemy import select
 
 from ami_bridge.rights import TooManyRights
 from ami_bridge.service import Bridge, health_key, live_key
 from outbound import live, names
 from outbound.commands import CommandFailed, send_command
 from outbound.config import load_config
-from outbound.model import make_engine, session_factory, upgrade
+from outbound.model import CaseEvent, make_engine, session_factory, upgrade
 from outbound.sandbox import SandboxInfo
 from tests.helpers.ami import AmiClient, AmiError
 from tests.helpers.db import add_agent, add_contact
@@ -125,6 +126,27 @@ async def test_given_bridge_when_agent_logs_in_and_works_a_call_by_commands_then
         )
         aid = dialed["attempt_id"]
         await async_until(lambda: _len_is(members, 2), 15, message="contact not in bridge")
+
+        # DTMF: the contact hears the digits (Asterisk records them in AstDB) and they are
+        # in the contact's case history.
+        async def listening() -> bool:  # said hello; now hears (and records) digits
+            _, chans = await admin_ami.collect("CoreShowChannels")
+            return any(
+                number in c.get("Channel", "") and c.get("Application", "").lower() == "background"
+                for c in chans
+            )
+
+        await async_until(listening, 10, message="the contact is not listening")
+        sent = await asyncio.to_thread(cmd, "dtmf", attempt_id=aid, agent_id=agent, digits="12#")
+        assert sent["digits"] == "12#"
+        await async_until(
+            lambda: _eq(admin_ami.db_get("simdtmf", number), "12#"), 10, message="not heard"
+        )
+        with f() as s:
+            dtmf = s.scalars(
+                select(CaseEvent).where(CaseEvent.attempt_id == aid, CaseEvent.kind == "dtmf")
+            ).all()
+            assert [e.data["digits"] for e in dtmf] == ["12#"]
         held = await asyncio.to_thread(cmd, "hold", attempt_id=aid, agent_id=agent)
         assert held["state"] == "held"
         await async_until(lambda: _eq(app_of(aid), "MusicOnHold"), 10)
