@@ -11,51 +11,21 @@ from typing import Any
 
 import pytest
 
-from agi_scripts.classify import _record_fax, make_classify
-from agi_scripts.server import AgiServer
-from ami_bridge.connection import AmiConnection
-from ami_bridge.originator import Originator
-from ami_bridge.sessions import AgentSessions
+from agi_scripts.classify import _record_fax
 from outbound import names
 from outbound.campaigns.attempts import advance, create_attempt
-from outbound.model import AttemptState, CallAttempt, CallResult, transaction
+from outbound.model import AttemptState, CallResult, transaction
 from outbound.sandbox import SandboxInfo
-from tests.helpers.ami import AmiClient, AmiError
+from tests.helpers.ami import AmiClient
 from tests.helpers.db import add_agent, add_contact, migrated_factory
+from tests.helpers.stack import attempt_row, call_stack, conference_members
 from tests.helpers.until import async_until
 
 
 @pytest.fixture
 async def stack(sandbox: SandboxInfo, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    factory = migrated_factory(tmp_path / "c.db")
-    agi = AgiServer("127.0.0.1", sandbox.agi_port, header_timeout=5, answer_timeout=30)
-    agi.route(names.AGI_CLASSIFY, make_classify(factory))
-    await agi.start()
-    ami = AmiConnection(sandbox.ami_host, sandbox.ami_port, sandbox.ami_user, sandbox.ami_secret)
-    o = Originator(ami, factory, trunk="Local/${NUMBER}@sim-contacts", ring_timeout=15)
-    sessions = AgentSessions(ami)
-    sessions.attach()
-    o.start()
-    await ami.start(wait=15)
-    yield {"factory": factory, "originator": o, "sessions": sessions}
-    await o.stop()
-    await ami.close()
-    await agi.close()
-
-
-def _attempt(factory: Any, aid: str) -> CallAttempt:
-    with factory() as s:
-        a = s.get(CallAttempt, aid)
-        assert a is not None
-        return a
-
-
-async def _members(admin: AmiClient, conference: str) -> list[str]:
-    try:
-        _, ev = await admin.collect("ConfbridgeList", Conference=conference)
-    except AmiError:
-        return []
-    return [e["Uniqueid"] for e in ev]
+    async with call_stack(sandbox, tmp_path / "c.db") as st:
+        yield st
 
 
 async def test_given_a_human_greeting_and_a_reserved_agent_then_connected_to_the_agents_bridge(
@@ -69,16 +39,16 @@ async def test_given_a_human_greeting_and_a_reserved_agent_then_connected_to_the
     aid = await stack["originator"].dial(cid, agent_id=agent)
     conf = names.agent_bridge(agent)
     await async_until(lambda: _has(admin_ami, conf, aid), 15, message="human not connected")
-    await async_until(lambda: _attempt(stack["factory"], aid).state is AttemptState.CONNECTED, 5)
+    await async_until(lambda: attempt_row(stack["factory"], aid).state is AttemptState.CONNECTED, 5)
     # The verdict is written after the AGI let the call go on: wait for it.
     a = await async_until(
-        lambda: (x := _attempt(stack["factory"], aid)) and "route" in x.audit and x, 10
+        lambda: (x := attempt_row(stack["factory"], aid)) and "route" in x.audit and x, 10
     )
     assert a.amd_status == "HUMAN"
     assert a.audit["route"] == "connect"
     await stack["sessions"].logout(agent)  # the agent leaves: the contact's call ends
-    await async_until(lambda: _attempt(stack["factory"], aid).state is AttemptState.ENDED, 10)
-    assert _attempt(stack["factory"], aid).result is CallResult.ANSWERED
+    await async_until(lambda: attempt_row(stack["factory"], aid).state is AttemptState.ENDED, 10)
+    assert attempt_row(stack["factory"], aid).result is CallResult.ANSWERED
 
 
 async def test_given_a_machine_greeting_then_hung_up_and_recorded_as_answering_machine(
@@ -88,17 +58,17 @@ async def test_given_a_machine_greeting_then_hung_up_and_recorded_as_answering_m
     cid = add_contact(stack["factory"], number)
     aid = await stack["originator"].dial(cid, agent_id=add_agent(stack["factory"], "77"))
     await async_until(
-        lambda: _attempt(stack["factory"], aid).state is AttemptState.ENDED,
+        lambda: attempt_row(stack["factory"], aid).state is AttemptState.ENDED,
         20,
         message="machine call not ended",
     )
-    a = _attempt(stack["factory"], aid)
+    a = attempt_row(stack["factory"], aid)
     assert a.amd_status == "MACHINE" and a.result is CallResult.ANSWERING_MACHINE
-    assert await _members(admin_ami, names.agent_bridge("77")) == []
+    assert await conference_members(admin_ami, names.agent_bridge("77")) == []
 
 
 async def _has(admin: AmiClient, conference: str, uid: str) -> bool:
-    return uid in await _members(admin, conference)
+    return uid in await conference_members(admin, conference)
 
 
 @pytest.mark.parametrize(
@@ -120,6 +90,6 @@ def test_given_a_result_already_recorded_then_the_fax_route_replaces_only_none_o
         advance(a, "answer")
         a.result, aid = before, a.id
     assert _record_fax(factory, aid) is after
-    a = _attempt(factory, aid)
+    a = attempt_row(factory, aid)
     assert a.result is after
     assert (a.audit.get("route") == "fax") is (after is CallResult.FAX)

@@ -34,17 +34,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from agi_scripts.routes import register
-from agi_scripts.server import AgiServer
-from ami_bridge.connection import AmiConnection
-from ami_bridge.originator import Originator
-from ami_bridge.sessions import AgentSessions
 from outbound import names
 from outbound.campaigns.feedback import flag_machine
 from outbound.model import AttemptState, CallAttempt, CallResult, DncEntry
 from outbound.sandbox import CorpusFile, Sandbox, SandboxInfo, load_manifest
 from tests.helpers.ami import AmiClient, Message
-from tests.helpers.db import add_agent, add_contact, migrated_factory
+from tests.helpers.db import add_agent, add_contact
+from tests.helpers.stack import attempt_row, call_stack
 from tests.helpers.until import async_until
 
 pytestmark = pytest.mark.asterisk
@@ -83,34 +79,13 @@ def expected(f: CorpusFile) -> Expect:
 
 @pytest.fixture
 async def stack(sandbox: SandboxInfo, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    """The product path: every FastAGI route, the originator and agent sessions on the
-    dialer's AMI account, a fresh database (as in test_routing.py)."""
-    factory = migrated_factory(tmp_path / "cr.db")
-    agi = AgiServer("127.0.0.1", sandbox.agi_port, header_timeout=5, answer_timeout=30)
-    register(agi, factory)
-    await agi.start()
-    ami = AmiConnection(sandbox.ami_host, sandbox.ami_port, sandbox.ami_user, sandbox.ami_secret)
-    o = Originator(ami, factory, trunk="Local/${NUMBER}@sim-contacts", ring_timeout=15)
-    sessions = AgentSessions(ami)
-    sessions.attach()
-    o.start()
-    await ami.start(wait=15)
-    yield {"factory": factory, "originator": o, "sessions": sessions}
-    await o.stop()
-    await ami.close()
-    await agi.close()
-
-
-def _attempt(factory: Any, aid: str) -> CallAttempt:
-    with factory() as s:
-        a = s.get(CallAttempt, aid)
-        assert a is not None
-        return a
+    async with call_stack(sandbox, tmp_path / "cr.db") as st:
+        yield st
 
 
 async def _ended(factory: Any, aid: str) -> CallAttempt:
     return await async_until(
-        lambda: (a := _attempt(factory, aid)).state is AttemptState.ENDED and a,
+        lambda: (a := attempt_row(factory, aid)).state is AttemptState.ENDED and a,
         10,
         message=f"attempt {aid} not ended",
     )
@@ -189,7 +164,9 @@ async def _route_one(
         # never waits on the database): wait for it as for connected_at.
         a = await async_until(
             lambda: (
-                (x := _attempt(factory, aid)).connected_at is not None and "route" in x.audit and x
+                (x := attempt_row(factory, aid)).connected_at is not None
+                and "route" in x.audit
+                and x
             ),
             10,
             message=f"{f.name}: connected_at or the verdict not recorded",

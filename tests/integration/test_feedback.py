@@ -14,58 +14,23 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from agi_scripts.classify import make_classify
-from agi_scripts.server import AgiServer
-from ami_bridge.connection import AmiConnection
-from ami_bridge.originator import Originator
-from ami_bridge.sessions import AgentSessions
 from outbound import names
 from outbound.campaigns.feedback import NotAllowed, error_rates, flag_machine
 from outbound.cli import main
-from outbound.model import AttemptState, CallAttempt, CallResult
+from outbound.model import AttemptState, CallResult
 from outbound.sandbox import SandboxInfo
-from tests.helpers.ami import AmiClient, AmiError
-from tests.helpers.db import add_agent, add_contact, migrated_factory
+from tests.helpers.ami import AmiClient
+from tests.helpers.db import add_agent, add_contact
+from tests.helpers.stack import TRUNK, attempt_row, call_stack, conference_members
 from tests.helpers.until import async_until
 
-TRUNK = "Local/${NUMBER}@sim-contacts"
 AMD_COLUMNS = ("amd_status", "amd_cause", "audit", "agent_id", "trunk", "connected_at")
 
 
 @pytest.fixture
 async def stack(sandbox: SandboxInfo, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    """The FastAGI classify route, an AMI connection, the Originator and agent sessions
-    against the sandbox (as in test_classify.py), on a fresh SQLite database."""
-    db = tmp_path / "f.db"
-    factory = migrated_factory(db)
-    agi = AgiServer("127.0.0.1", sandbox.agi_port, header_timeout=5, answer_timeout=30)
-    agi.route(names.AGI_CLASSIFY, make_classify(factory))
-    await agi.start()
-    ami = AmiConnection(sandbox.ami_host, sandbox.ami_port, sandbox.ami_user, sandbox.ami_secret)
-    o = Originator(ami, factory, trunk=TRUNK, ring_timeout=15)
-    sessions = AgentSessions(ami)
-    sessions.attach()
-    o.start()
-    await ami.start(wait=15)
-    yield {"factory": factory, "originator": o, "sessions": sessions, "db": db}
-    await o.stop()
-    await ami.close()
-    await agi.close()
-
-
-def _attempt(factory: Any, aid: str) -> CallAttempt:
-    with factory() as s:
-        a = s.get(CallAttempt, aid)
-        assert a is not None
-        return a
-
-
-async def _members(admin: AmiClient, conference: str) -> list[str]:
-    try:
-        _, ev = await admin.collect("ConfbridgeList", Conference=conference)
-    except AmiError:
-        return []
-    return [e["Uniqueid"] for e in ev]
+    async with call_stack(sandbox, tmp_path / "f.db") as st:
+        yield st
 
 
 async def test_given_a_real_call_amd_passed_as_human_when_its_agent_flags_it_then_reported(
@@ -82,19 +47,19 @@ async def test_given_a_real_call_amd_passed_as_human_when_its_agent_flags_it_the
 
     # Asterisk itself has the contact in the agent's conference, classified human by AMD.
     async def in_bridge() -> bool:
-        return aid in await _members(admin_ami, conf)
+        return aid in await conference_members(admin_ami, conf)
 
     await async_until(in_bridge, 15, message="human not connected to the agent's bridge")
-    await async_until(lambda: _attempt(f, aid).state is AttemptState.CONNECTED, 5)
+    await async_until(lambda: attempt_row(f, aid).state is AttemptState.CONNECTED, 5)
     # The verdict is written after the AGI let the call go on: wait for it.
-    before = await async_until(lambda: (x := _attempt(f, aid)) and "route" in x.audit and x, 10)
+    before = await async_until(lambda: (x := attempt_row(f, aid)) and "route" in x.audit and x, 10)
     assert before.amd_status == "HUMAN" and before.audit["route"] == "connect"
     decision = {c: getattr(before, c) for c in AMD_COLUMNS}
 
     # Another agent may not flag it: refused, nothing stored.
     with pytest.raises(NotAllowed, match=f"not connected to agent {other}"):
         flag_machine(f, aid, other)
-    assert _attempt(f, aid).feedback is None
+    assert attempt_row(f, aid).feedback is None
 
     # The agent on the call flags it while talking; the call is not disturbed.
     out = flag_machine(f, aid, agent, note="voicemail after the hello")
@@ -103,8 +68,8 @@ async def test_given_a_real_call_amd_passed_as_human_when_its_agent_flags_it_the
     assert not flag_machine(f, aid, agent)["changed"]  # idempotent
 
     await stack["sessions"].logout(agent)  # the agent leaves: the contact's call ends
-    await async_until(lambda: _attempt(f, aid).state is AttemptState.ENDED, 10)
-    after = _attempt(f, aid)
+    await async_until(lambda: attempt_row(f, aid).state is AttemptState.ENDED, 10)
+    after = attempt_row(f, aid)
     assert {c: getattr(after, c) for c in AMD_COLUMNS} == decision
     assert after.result is CallResult.ANSWERED  # the call's result is the AMD route's
     assert (after.feedback, after.feedback_by) == ("machine", agent)

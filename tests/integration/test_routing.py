@@ -19,11 +19,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from agi_scripts.routes import register
 from agi_scripts.server import AgiServer, AgiSession, Handler
-from ami_bridge.connection import AmiConnection
-from ami_bridge.originator import EVENT_CONNECT_ABANDONED, Originator
-from ami_bridge.sessions import AgentSessions
+from ami_bridge.originator import EVENT_CONNECT_ABANDONED
 from outbound import names
 from outbound.model import (
     AttemptState,
@@ -36,7 +33,8 @@ from outbound.model import (
 )
 from outbound.sandbox import Sandbox, SandboxInfo
 from tests.helpers.ami import AmiClient, Message
-from tests.helpers.db import add_agent, add_contact, migrated_factory
+from tests.helpers.db import add_agent, add_contact
+from tests.helpers.stack import attempt_row, call_stack
 from tests.helpers.until import async_until
 
 pytestmark = pytest.mark.asterisk
@@ -77,39 +75,12 @@ class HookedAgi(AgiServer):
 
 @pytest.fixture
 async def stack(sandbox: SandboxInfo, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    """Every FastAGI route (agi_scripts.routes.register), the originator and agent
-    sessions on the dialer's AMI account, a fresh database."""
-    factory = migrated_factory(tmp_path / "r.db")
-    agi = HookedAgi("127.0.0.1", sandbox.agi_port, header_timeout=5, answer_timeout=30)
-    register(agi, factory)
-    await agi.start()
-    ami = AmiConnection(sandbox.ami_host, sandbox.ami_port, sandbox.ami_user, sandbox.ami_secret)
-    o = Originator(ami, factory, trunk="Local/${NUMBER}@sim-contacts", ring_timeout=15)
-    sessions = AgentSessions(ami)
-    sessions.attach()
-    o.start()
-    await ami.start(wait=15)
-    yield {
-        "factory": factory,
-        "originator": o,
-        "sessions": sessions,
-        "agi": agi,
-        "db": tmp_path / "r.db",
-    }
-    await o.stop()
-    await ami.close()
-    await agi.close()
-
-
-def _attempt(factory: Any, aid: str) -> CallAttempt:
-    with factory() as s:
-        a = s.get(CallAttempt, aid)
-        assert a is not None
-        return a
+    async with call_stack(sandbox, tmp_path / "r.db", HookedAgi) as st:
+        yield st
 
 
 def _ended(factory: Any, aid: str) -> bool:
-    return _attempt(factory, aid).state is AttemptState.ENDED
+    return attempt_row(factory, aid).state is AttemptState.ENDED
 
 
 async def _call(
@@ -168,7 +139,7 @@ async def test_given_a_human_and_a_free_agent_then_joined_within_2s_of_the_greet
     assert 0 < delay < 2.0, f"joined {delay:.3f}s after the end of the greeting"
     # The verdict, Asterisk's view of the agent, and the decision-to-join delay.
     a = await async_until(
-        lambda: (x := _attempt(stack["factory"], aid)) and "connect_ms" in x.audit and x,
+        lambda: (x := attempt_row(stack["factory"], aid)) and "connect_ms" in x.audit and x,
         10,
         message="connect delay not stored",
     )
@@ -177,7 +148,7 @@ async def test_given_a_human_and_a_free_agent_then_joined_within_2s_of_the_greet
     assert 0 <= a.audit["connect_ms"] < 2000 and a.audit["late_connect"] is False
     await stack["sessions"].logout(agent)
     await async_until(lambda: _ended(stack["factory"], aid), 10)
-    assert _attempt(stack["factory"], aid).result is CallResult.ANSWERED
+    assert attempt_row(stack["factory"], aid).result is CallResult.ANSWERED
 
 
 async def test_given_a_human_and_the_agent_not_logged_in_then_identification_message_and_abandoned(
@@ -188,7 +159,7 @@ async def test_given_a_human_and_the_agent_not_logged_in_then_identification_mes
     aid, number = await _call(stack, admin_ami, "human", agent=agent, policy=policy)
     hangup = await admin_ami.wait_event("Hangup", 20, Uniqueid=aid)
     await async_until(lambda: _ended(stack["factory"], aid), 10)
-    a = _attempt(stack["factory"], aid)
+    a = attempt_row(stack["factory"], aid)
     assert a.result is CallResult.ABANDONED and a.amd_status == "HUMAN"
     assert "not in their conference" in a.audit["abandon_reason"]
     assert a.audit["agent_check"] == {"parties": "0", "marked": "0"}
@@ -248,7 +219,7 @@ async def test_given_an_abandoned_human_who_presses_another_key_then_no_dnc_and_
     assert not [x for x in apps if x[1] == "AGI" and x[2].endswith("/optout")], apps
     assert (names.CTX_AFTER_CLASSIFY, "Playback", "removed") not in apps
     await async_until(lambda: _ended(stack["factory"], aid), 10)
-    assert _attempt(stack["factory"], aid).result is CallResult.ABANDONED
+    assert attempt_row(stack["factory"], aid).result is CallResult.ABANDONED
     with stack["factory"]() as s:
         assert s.scalars(select(DncEntry).where(DncEntry.e164 == number)).all() == []
 
@@ -273,7 +244,7 @@ async def test_given_a_machine_and_a_message_policy_then_message_played_after_th
     assert _ts(played[0]) > _ts(greeting_end)
     assert f"{hangup['Channel']}> Playing 'vm-goodbye" in _full_log(sandbox)
     await async_until(lambda: _ended(stack["factory"], aid), 10)
-    a = _attempt(stack["factory"], aid)
+    a = attempt_row(stack["factory"], aid)
     assert a.amd_status == "MACHINE" and a.result is CallResult.ANSWERING_MACHINE
     assert a.audit["route"] == "message"
 
@@ -289,7 +260,7 @@ async def test_given_a_fax_then_fax_tones_detected_and_recorded_as_fax(
     aid, _ = await _call(stack, admin_ami, "fax", agent=agent)
     await admin_ami.wait_event("Hangup", 20, Uniqueid=aid)
     await async_until(lambda: _ended(stack["factory"], aid), 10)
-    a = _attempt(stack["factory"], aid)
+    a = attempt_row(stack["factory"], aid)
     assert a.result is CallResult.FAX, (a.result, a.audit)
     # Asterisk jumped the channel to the `fax` extension and ran the fax route there.
     jumped = admin_ami.find_events("Newexten", Uniqueid=aid, Exten="fax")
@@ -304,7 +275,7 @@ async def test_given_silence_then_recorded_as_silence_and_hung_up(
     aid, _ = await _call(stack, admin_ami, "silence", agent=agent)
     hangup = await admin_ami.wait_event("Hangup", 20, Uniqueid=aid)
     await async_until(lambda: _ended(stack["factory"], aid), 10)
-    a = _attempt(stack["factory"], aid)
+    a = attempt_row(stack["factory"], aid)
     assert a.result is CallResult.SILENCE and (a.amd_cause or "").startswith("INITIALSILENCE")
     # Our dialplan hung up (not the contact, who would have listened for 30 s).
     assert _apps(admin_ami, aid)[-1] == (names.CTX_AFTER_CLASSIFY, "Hangup", "16")
@@ -319,7 +290,7 @@ async def test_given_a_contact_hanging_up_during_amd_then_recorded_as_hangup(
     aid, number = await _call(stack, admin_ami, "hangup_greeting", agent=agent)
     await admin_ami.wait_event("Hangup", 20, Uniqueid=aid)
     await async_until(lambda: _ended(stack["factory"], aid), 10)
-    a = _attempt(stack["factory"], aid)
+    a = attempt_row(stack["factory"], aid)
     assert a.result is CallResult.HANGUP and a.amd_status == "HANGUP"
     # Asterisk: the contact's side hung up while AMD (EXEC'd by classify) was running.
     start = next(
@@ -363,7 +334,7 @@ async def test_given_a_hangup_right_after_amd_then_amds_verdict_is_still_recorde
     aid, _ = await _call(stack, admin_ami, "human", agent=agent)
     await admin_ami.wait_event("Hangup", 20, Uniqueid=aid)
     await async_until(lambda: _ended(stack["factory"], aid), 10)
-    a = _attempt(stack["factory"], aid)
+    a = attempt_row(stack["factory"], aid)
     assert gone, "classify never asked about the agent"
     # AMD's verdict and the decision survive the hang-up; the call is a hang-up.
     assert a.amd_status == "HUMAN" and (a.amd_cause or "").startswith("HUMAN"), a.audit
@@ -398,13 +369,13 @@ async def test_given_the_database_locked_then_a_human_still_joins_within_2s_and_
         delay = _ts(join) - _ts(greeting_end)
         assert 0 < delay < 2.0, f"joined {delay:.3f}s after the end of the greeting"
         # The join did not wait for the verdict: it is not written yet.
-        assert _attempt(stack["factory"], aid).amd_status is None
+        assert attempt_row(stack["factory"], aid).amd_status is None
     finally:
         conn.execute("ROLLBACK")
         conn.close()
     # Once the database is free, the verdict lands, and the bridge's join with it.
     a = await async_until(
-        lambda: (x := _attempt(stack["factory"], aid)) and "connect_ms" in x.audit and x,
+        lambda: (x := attempt_row(stack["factory"], aid)) and "connect_ms" in x.audit and x,
         15,
         message="verdict or connect delay not stored after the lock",
     )
@@ -434,7 +405,7 @@ async def test_given_the_agent_leaving_between_the_check_and_the_join_then_aband
     hangup = await admin_ami.wait_event("Hangup", 25, Uniqueid=aid)
     await async_until(lambda: _ended(stack["factory"], aid), 10)
     assert left, "classify never routed the person to the agent"
-    a = _attempt(stack["factory"], aid)
+    a = attempt_row(stack["factory"], aid)
     assert a.amd_status == "HUMAN" and a.audit["agent_check"] == {"parties": "1", "marked": "1"}
     assert a.result is CallResult.ABANDONED, (a.result, a.audit)
     assert a.audit["route"] == "abandon"
@@ -491,7 +462,7 @@ async def test_given_a_machine_beep_at_fax_pitch_then_the_message_is_left_not_ta
     aid, _ = await _call(stack, admin_ami, cng_beep_machine, agent=agent, policy=policy)
     hangup = await admin_ami.wait_event("Hangup", 30, Uniqueid=aid)
     await async_until(lambda: _ended(stack["factory"], aid), 10)
-    a = _attempt(stack["factory"], aid)
+    a = attempt_row(stack["factory"], aid)
     assert a.amd_status == "MACHINE" and a.result is CallResult.ANSWERING_MACHINE, a.audit
     assert a.audit["route"] == "message"
     # Asterisk: detection off first thing in the message route, never at `fax`, and
