@@ -24,6 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from sqlalchemy import text
@@ -41,8 +42,16 @@ from outbound.campaigns.amd import (
     route_to_agent,
     validate_policy,
 )
+from outbound.campaigns.predictive import pick_agent, unassign
 from outbound.errors import Invalid
-from outbound.model import AttemptState, CallAttempt, CallResult, Campaign, transaction
+from outbound.model import (
+    AttemptState,
+    CallAttempt,
+    CallResult,
+    Campaign,
+    DialMode,
+    transaction,
+)
 from outbound.model.types import utcnow
 
 from .protocol import AgiHangup
@@ -53,6 +62,11 @@ log = logging.getLogger(__name__)
 # How long a verdict's database write may take before classify gives up on it (and
 # logs an error). PostgreSQL enforces it itself (lock_timeout / statement_timeout).
 RECORD_DEADLINE_S = 5.0
+# Predictive: how long picking an agent for a person may take (of the 2 s), and how many
+# agents are tried when Asterisk says a picked one is not in their conference.
+PICK_DEADLINE_S = 0.8
+PICK_TRIES = 2
+_BACKGROUND: set[asyncio.Future[None]] = set()
 # Routes where a person waits: routed before the verdict is written.
 _PERSON_ROUTES = ("connect", "abandon")
 # Set by a later stage (the AMI bridge on a late abandon, the fax route): never
@@ -126,22 +140,28 @@ async def _store(what: str, attempt_id: str, write: Callable[[], None]) -> None:
         log.exception("attempt %s: %s not recorded", attempt_id, what)
 
 
-def make_classify(factory: sessionmaker[Session]) -> Handler:
+def make_classify(factory: sessionmaker[Session], redis: Any = None) -> Handler:
+    """`redis` (redis.asyncio): live agent state, for the agent a predictive call's person
+    gets when they answer; None: predictive calls find no agent (abandoned)."""
+
     async def classify(session: AgiSession) -> None:
         attempt_id = await session.get_variable(names.VAR_ATTEMPT_ID) or ""
 
-        def load() -> tuple[dict[str, Any], str | None] | None:
+        def load() -> tuple[dict[str, Any], str | None, int, bool] | None:
             with factory() as s:
                 a = s.get(CallAttempt, attempt_id)
                 c = s.get(Campaign, a.campaign_id) if a else None
-                return (dict(c.amd_policy), a.agent_id) if a and c else None
+                if a is None or c is None:
+                    return None
+                pick = c.mode is DialMode.PREDICTIVE and a.agent_id is None
+                return dict(c.amd_policy), a.agent_id, c.id, pick
 
         found = await asyncio.to_thread(load)
         if found is None:
             log.warning("classify: unknown attempt %r; hanging up", attempt_id)
             await session.set_variable(names.VAR_NEXT, "hangup")
             return
-        raw_policy, agent_id = found
+        raw_policy, agent_id, campaign_id, pick = found
         audit: dict[str, Any] = {}
         try:
             policy = validate_policy(raw_policy)
@@ -170,13 +190,15 @@ def make_classify(factory: sessionmaker[Session]) -> Handler:
             raise
         took_ms = int((time.monotonic() - started) * 1000)
         audit.update(amd_ms=took_ms, decided_at=utcnow().isoformat())
-        d = decide(status, cause, policy, agent_reserved=agent_id is not None)
+        d = decide(status, cause, policy, agent_reserved=agent_id is not None or pick)
 
         def record(result: CallResult | None) -> Callable[[], None]:
             return lambda: _record(factory, attempt_id, status, cause, result, audit)
 
         try:
-            if d.route == "connect" and agent_id:
+            if d.route == "connect" and pick:
+                d, agent_id = await _pick(session, factory, redis, campaign_id, attempt_id, audit)
+            elif d.route == "connect" and agent_id:
                 free, why, seen = await _agent_free(session, agent_id)
                 audit["agent_check"] = seen
                 d = route_to_agent(d, free, why)
@@ -205,6 +227,68 @@ def make_classify(factory: sessionmaker[Session]) -> Handler:
             await _store("verdict", attempt_id, record(None if d.route == "connect" else d.result))
 
     return classify
+
+
+async def _pick(
+    session: AgiSession,
+    factory: sessionmaker[Session],
+    redis: Any,
+    campaign_id: int,
+    attempt_id: str,
+    audit: dict[str, Any],
+) -> tuple[Decision, str | None]:
+    """Predictive: a person answered and no agent was reserved. Pick a Ready, free member
+    (outbound.campaigns.predictive.pick_agent), then ask Asterisk whether they are really
+    waiting in their conference; if not, the pick is undone and the next one tried. Bounded
+    by PICK_DEADLINE_S: past it, or with nobody free, the person is abandoned."""
+    connect = Decision(CallResult.ANSWERED, "connect")
+    if redis is None:
+        return route_to_agent(connect, False, "no live agent state (no Redis)"), None
+    deadline = time.monotonic() + PICK_DEADLINE_S
+    tried: set[str] = set()
+
+    async def run(fn: Callable[[], Any]) -> Any:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        return await asyncio.wait_for(asyncio.to_thread(fn), left)
+
+    why = "no agent free when the person answered"
+    try:
+        for _ in range(PICK_TRIES):
+            agent = await asyncio.wait_for(
+                pick_agent(
+                    redis, factory, campaign_id, attempt_id, run=run, exclude=frozenset(tried)
+                ),
+                max(0.001, deadline - time.monotonic()),
+            )
+            if agent is None:
+                break
+            tried.add(agent)
+            free, why, seen = await _agent_free(session, agent)
+            audit.setdefault("agent_checks", []).append({"agent": agent, **seen})
+            if free:
+                return connect, agent
+            await run(partial(unassign, factory, attempt_id, agent))
+    except TimeoutError:
+        why = f"no agent picked within {PICK_DEADLINE_S:g} s"
+        # A pick that lands after the deadline is undone (the person is abandoned), after
+        # the person is routed: a slow database never holds them back.
+        t = asyncio.ensure_future(
+            _store("unpick", attempt_id, partial(_unpick, factory, attempt_id))
+        )
+        _BACKGROUND.add(t)
+        t.add_done_callback(_BACKGROUND.discard)
+    audit["agents_tried"] = sorted(tried)
+    return route_to_agent(connect, False, why), None
+
+
+def _unpick(factory: sessionmaker[Session], attempt_id: str) -> None:
+    with factory() as s:
+        a = s.get(CallAttempt, attempt_id)
+        picked = a.agent_id if a is not None else None
+    if picked:
+        unassign(factory, attempt_id, picked)
 
 
 def _bound(s: Session) -> None:

@@ -22,7 +22,7 @@ def register(
     """Serve every route on `server`. `redis` (redis.asyncio.Redis) carries live agent
     state; routes that need it are skipped when it is None (features refuses every code).
     `config` (outbound.config.Config) gives settings such as [agents]; None: DEFAULTS."""
-    server.route(names.AGI_CLASSIFY, make_classify(factory))
+    server.route(names.AGI_CLASSIFY, make_classify(factory, redis))
     server.route(names.AGI_FEATURES, make_features(factory, redis, config))
     server.route(names.AGI_FAX, make_fax(factory))
     server.route(names.AGI_OPTOUT, make_optout(factory))

@@ -1,5 +1,5 @@
 """The campaign engine in the bridge: decides when to dial whom, for the running campaigns
-whose calls this bridge places (progressive now; predictive slots in as one more mode).
+whose calls this bridge places: progressive, push preview and predictive (ami_bridge.pacer).
 
 Every tick (`tick_s`) and per running campaign, the mode's function says which agents get
 a call now. Progressive: one call per agent who is Ready on this bridge, free per the
@@ -66,6 +66,7 @@ from outbound.model import (
 
 from .connection import AmiNotReady
 from .originator import Originator
+from .pacer import Predictive
 from .sessions import AgentSessions, SessionState
 
 log = logging.getLogger("ami_bridge.dialer")
@@ -80,9 +81,8 @@ LEASE_TTL_S = 60.0  # renewed every sweep while the call lasts
 RESERVE_TTL_S = 120  # a worker that dies frees its agents after this
 REFUSALS_PER_AGENT = 20  # records compliance may refuse for one agent in one tick
 
-# The modes this engine drives (their queues are rebuilt and ticked). Predictive joins
-# with its function in Dialer._modes.
-ENGINE_MODES = (DialMode.PROGRESSIVE, DialMode.PUSH_PREVIEW)
+# The modes this engine drives (their queues are rebuilt and ticked).
+ENGINE_MODES = (DialMode.PROGRESSIVE, DialMode.PUSH_PREVIEW, DialMode.PREDICTIVE)
 
 # Release / extend a reservation only if it is still ours (it may have expired and been
 # taken by another worker meanwhile).
@@ -194,8 +194,8 @@ class InFlight:
     attempt_id: str
     campaign_id: int
     contact_id: int
-    agent_id: str
-    token: str  # the agent's reservation
+    agent_id: str | None  # None: predictive (the agent is picked when a person answers)
+    token: str | None  # the agent's reservation
 
 
 class Dialer:
@@ -215,6 +215,7 @@ class Dialer:
         step_timeout_s: float = STEP_TIMEOUT_S,
         lease_ttl_s: float = LEASE_TTL_S,
         reserve_ttl_s: int = RESERVE_TTL_S,
+        pacing: dict[str, Any] | None = None,
     ) -> None:
         self.factory = factory
         self.redis = redis
@@ -231,9 +232,11 @@ class Dialer:
         self._known: set[int] = set()  # running campaigns whose queue was rebuilt
         self._resync_needed = True
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.predictive = Predictive(self, **(pacing or {}))
         self._modes: dict[DialMode, Callable[[CampaignInfo], Awaitable[None]]] = {
             DialMode.PROGRESSIVE: self._progressive,
             DialMode.PUSH_PREVIEW: self._push_preview,
+            DialMode.PREDICTIVE: self.predictive.tick,
         }
         self._sync_redis: Any = None  # for the synchronous push preview core, in threads
 
@@ -333,12 +336,15 @@ class Dialer:
                 log.info(
                     "campaign %s: %d records due, %d leases reclaimed", c.name, added, len(back)
                 )
+            if c.mode is DialMode.PREDICTIVE:
+                await self.predictive.refresh(c)
         for fl in list(self.inflight.values()):
             try:
                 await self._step(
                     self._queue(fl.campaign_id).renew(fl.contact_id, self.owner, self.lease_ttl_s)
                 )
-                await self._step(self.reservations.extend(fl.agent_id, fl.token))
+                if fl.agent_id and fl.token:
+                    await self._step(self.reservations.extend(fl.agent_id, fl.token))
             except Conflict as exc:
                 log.warning("attempt %s: lease not renewed: %s", fl.attempt_id, exc)
 
@@ -442,15 +448,22 @@ class Dialer:
                 return  # nothing due: no other agent gets one either
             await self._publish("offer_pushed", campaign, {**got, "agent_id": agent})
 
-    async def _place(self, campaign: CampaignInfo, agent: str, token: str) -> Placed:
-        """Lease records until one is dialed for `agent` (the refused ones leave)."""
+    async def _place(
+        self,
+        campaign: CampaignInfo,
+        agent: str | None,
+        token: str | None,
+        audit: dict[str, Any] | None = None,
+    ) -> Placed:
+        """Lease records until one is dialed for `agent` (None: predictive, the agent comes
+        when a person answers); the refused ones leave."""
         q = self._queue(campaign.id)
         for _ in range(REFUSALS_PER_AGENT):
             contact_id = await self._step(q.lease(self.owner, self.lease_ttl_s))
             if contact_id is None:
                 return Placed.EMPTY
             try:
-                aid = await self._dial(campaign, contact_id, agent, token)
+                aid = await self._dial(campaign, contact_id, agent, token, audit)
             except NotDialable as exc:
                 await self._refused(campaign, contact_id, exc)
                 continue
@@ -477,14 +490,19 @@ class Dialer:
                 "campaign %s: contact %s dialed for agent %s (attempt %s)",
                 campaign.name,
                 contact_id,
-                agent,
+                agent or "(picked on answer)",
                 aid,
             )
             return Placed.DIALED
         return Placed.PAUSED
 
     async def _dial(
-        self, campaign: CampaignInfo, contact_id: int, agent: str, token: str
+        self,
+        campaign: CampaignInfo,
+        contact_id: int,
+        agent: str | None,
+        token: str | None,
+        audit: dict[str, Any] | None = None,
     ) -> str | None:
         """Originator.dial with a deadline that never orphans a committed attempt: should
         it run late, the call is adopted when dial returns (None now; the reservation and
@@ -494,7 +512,7 @@ class Dialer:
                 contact_id,
                 agent_id=agent,
                 trunk=campaign.trunk,
-                audit={"engine": campaign.mode.value, "worker": self.owner},
+                audit={"engine": campaign.mode.value, "worker": self.owner, **(audit or {})},
             )
         )
         try:
@@ -509,8 +527,8 @@ class Dialer:
         task: asyncio.Future[str],
         campaign: CampaignInfo,
         contact_id: int,
-        agent: str,
-        token: str,
+        agent: str | None,
+        token: str | None,
     ) -> None:
         """A dial that outlived its deadline: tracked once placed (the agent stays reserved
         until it ends); failed, the record goes back to the top and the agent is free."""
@@ -523,7 +541,8 @@ class Dialer:
             try:
                 await self._step(self._queue(campaign.id).release(contact_id, self.owner))
             finally:
-                await self._step(self.reservations.give_back(agent, token))
+                if agent and token:
+                    await self._step(self.reservations.give_back(agent, token))
             return
         self.inflight[aid] = InFlight(aid, campaign.id, contact_id, agent, token)
 
@@ -551,7 +570,8 @@ class Dialer:
         except Conflict as exc:  # the lease lapsed and went elsewhere: theirs to settle
             log.warning("attempt %s: lease not settled: %s", fl.attempt_id, exc)
         finally:
-            await self._step(self.reservations.give_back(fl.agent_id, fl.token))
+            if fl.agent_id and fl.token:
+                await self._step(self.reservations.give_back(fl.agent_id, fl.token))
 
 
 def _write(factory: sessionmaker[Session], fn: Callable[[Session], None]) -> None:

@@ -10,10 +10,10 @@ it exactly as the dialer does.
 
 Progressive (the degenerate case)
 ---------------------------------
-One call per Ready agent not already reserved by a ringing call: n = max(0, R - c) with R
-agents Ready and c calls ringing. Each answer consumes one Ready agent and one ringing
-call, so R - c never goes negative through answers and an answer always finds a free agent:
-never an abandon. Predictive falls back to exactly this at cold start and when the budget
+One call per Ready agent not already claimed by a ringing call or by an answered contact
+waiting for one: n = max(0, R - c - w) with R agents Ready, c calls ringing and w contacts
+waiting. Each answer consumes one Ready agent and one ringing call, so R - c - w never goes
+negative through answers and an answer always finds a free agent: never an abandon. Predictive falls back to exactly this at cold start and when the budget
 is (nearly) spent, and never dials fewer calls than it.
 
 Predictive: the model
@@ -452,7 +452,7 @@ def _cap(state: PacingState) -> int:
 
 
 def _progressive(state: PacingState, reason: str) -> Plan:
-    n = min(max(0, state.ready - len(state.ringing)), _cap(state))
+    n = min(max(0, state.ready - len(state.ringing) - state.waiting), _cap(state))
     return Plan(n, PROGRESSIVE, reason)
 
 
@@ -512,7 +512,7 @@ def plan(state: PacingState) -> Plan:
             reason = f"predictive: calls in flight would expect more than {allowed} abandons"
             break
         n, mu, var, p_next, shortfall = n + 1, mu2, var2, p2, shortfall2
-    floor_n = min(max(0, state.ready - len(state.ringing)), cap)
+    floor_n = min(max(0, state.ready - len(state.ringing) - state.waiting), cap)
     if n < floor_n:
         n, reason = floor_n, "predictive: at least one call per unreserved Ready agent"
     return Plan(

@@ -307,9 +307,9 @@ def test_given_any_state_when_pacing_then_within_limits_and_never_below_progress
     logged = ready + len(in_call) + len(wrap_up)
     cap = max(0, min(max_lines, math.floor(ratio * logged)) - len(ringing))
     assert 0 <= n <= cap
-    assert n >= min(max(0, ready - len(ringing)), cap)
+    assert n >= min(max(0, ready - len(ringing) - waiting), cap)
     if mode == PROGRESSIVE:
-        assert n == min(max(0, ready - len(ringing)), cap)
+        assert n == min(max(0, ready - len(ringing) - waiting), cap)
 
 
 @pytest.mark.parametrize(
