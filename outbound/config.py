@@ -35,7 +35,25 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "action_timeout": "10",
     },
     "agi": {"host": "127.0.0.1", "port": "4573"},
-    "web": {"host": "127.0.0.1", "port": "8080", "secret_key": ""},
+    # The status page and its JSON API (status_page/): loopback unless the admin opens it.
+    # Sessions live in Redis for session_ttl seconds of inactivity; cookie_secure = on
+    # when served over HTTPS (behind a TLS proxy). login_attempts wrong passwords for one
+    # agent id (login_attempts_ip from one client address) within login_window seconds
+    # refuse further log-ins until the window ends. Events (SSE) connections close after
+    # sse_max seconds (the browser reconnects) with a heartbeat every sse_heartbeat s.
+    "web": {
+        "host": "127.0.0.1",
+        "port": "8080",
+        "secret_key": "",
+        "cookie_secure": "off",
+        "session_ttl": "28800",
+        "login_attempts": "5",
+        "login_attempts_ip": "20",
+        "login_window": "300",
+        "command_timeout": "10",
+        "sse_max": "300",
+        "sse_heartbeat": "15",
+    },
     "dialer": {
         "default_region": "DE",
         "trunk": "PJSIP/${NUMBER}@trunk",
@@ -163,6 +181,14 @@ _PARSERS: dict[tuple[str, str], Callable[[str], Any]] = {
     ("agi", "port"): _port,
     ("web", "host"): _host,
     ("web", "port"): _port,
+    ("web", "cookie_secure"): _choice("on", "off"),
+    ("web", "session_ttl"): _int_between(60, 30 * 24 * 3600),
+    ("web", "login_attempts"): _int_between(1, 100),
+    ("web", "login_attempts_ip"): _int_between(1, 10_000),
+    ("web", "login_window"): _int_between(1, 24 * 3600),
+    ("web", "command_timeout"): _positive_float,
+    ("web", "sse_max"): _positive_float,
+    ("web", "sse_heartbeat"): _positive_float,
     ("dialer", "default_region"): region_code,
     ("dialer", "trunk"): _trunk,
     ("dialer", "internal"): _trunk,
