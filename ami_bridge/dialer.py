@@ -105,11 +105,18 @@ class CampaignInfo:
     name: str
     mode: DialMode
     trunk: str | None
+    interaction_preview: bool = False  # progressive: records pushed to the agent first
 
 
 def running_campaigns(s: Session, modes: tuple[DialMode, ...]) -> list[CampaignInfo]:
     rows = s.execute(
-        select(Campaign.id, Campaign.name, Campaign.mode, Campaign.trunk)
+        select(
+            Campaign.id,
+            Campaign.name,
+            Campaign.mode,
+            Campaign.trunk,
+            Campaign.interaction_preview,
+        )
         .where(Campaign.state == CampaignState.RUNNING, Campaign.mode.in_(modes))
         .order_by(Campaign.id)
     ).all()
@@ -350,7 +357,10 @@ class Dialer:
 
     async def tick(self) -> None:
         for c in await self._campaigns():
-            await self._modes[c.mode](c)
+            if c.mode is DialMode.PROGRESSIVE and c.interaction_preview:
+                await self._push_preview(c, "voice")  # accept places the call
+            else:
+                await self._modes[c.mode](c)
 
     # ------------------------------------------------------------ progressive
     async def _ready_agents(self, campaign: CampaignInfo, channel: str = "voice") -> list[str]:
@@ -420,13 +430,13 @@ class Dialer:
             self.redis.xadd(names.KEY_EVENTS, fields, maxlen=100_000, approximate=True)
         )
 
-    async def _push_preview(self, campaign: CampaignInfo) -> None:
+    async def _push_preview(self, campaign: CampaignInfo, channel: str = "preview") -> None:
         """Overdue pushed records back to the top, then one record pushed to each Ready,
         free agent without one. Nothing is dialed here: the agent accepts and dials."""
         q = self._sync_queue(campaign.id)
         for got in await self._db(lambda: push.expire_offers(self.factory, q)):
             await self._publish("offer_expired", campaign, got)
-        ready = await self._ready_agents(campaign, "preview")
+        ready = await self._ready_agents(campaign, channel)
         if not ready:
             return
 

@@ -91,6 +91,14 @@ def campaign() -> None:
 @click.option("--disposition-required", is_flag=True)
 @click.option("--abandon-target", default=0.03, show_default=True, type=float)
 @click.option("--trunk", default=None, help="Dial string with ${NUMBER}; default from config.")
+@click.option(
+    "--interaction-preview",
+    is_flag=True,
+    help="Progressive: show the record to the agent first (accept dials, reject: back on top).",
+)
+@click.option(
+    "--push-timeout", default=30, show_default=True, type=int, help="Seconds to accept a record."
+)
 @click.option("--agent", "agent_ids", multiple=True, help="Member agent id (repeatable).")
 @json_option
 @click.pass_obj
@@ -108,6 +116,8 @@ def campaign_create(
     disposition_required: bool,
     abandon_target: float,
     trunk: str | None,
+    interaction_preview: bool,
+    push_timeout: int,
     agent_ids: tuple[str, ...],
     as_json: bool,
 ) -> None:
@@ -133,6 +143,8 @@ def campaign_create(
             disposition_required=disposition_required,
             abandon_target=abandon_target,
             trunk=trunk,
+            interaction_preview=interaction_preview,
+            push_timeout_s=push_timeout,
         )
         for aid in agent_ids:
             get_agent(s, aid).campaigns.append(c)

@@ -109,11 +109,12 @@ async def offer_decline(c: Call) -> Any:
 
 
 async def offer_accept(c: Call) -> Any:
-    """Accept a pushed record; with `dial` true, dial it at once (as /dial would)."""
+    """Accept a pushed record; with `dial` true, dial it at once (as /dial would). A
+    progressive campaign's interaction preview is always dialed on accept."""
     oid, cid = await c.ctx.blocking(_offer_campaign, c)
     q = c.ctx.queue(cid)
     out = await c.ctx.blocking(push.accept, c.ctx.factory, oid, c.me, queue=q)
-    if c.body.get("dial"):
+    if c.body.get("dial") or out.get("dial_now"):
         got = await c.ctx.blocking(dial, c.ctx.factory, q, oid, c.me, c.body.get("caller_id"))
         out["dial"] = await _originate(c, got)
     return out

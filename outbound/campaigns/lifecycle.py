@@ -77,6 +77,8 @@ def create_campaign(
     abandon_target: float = 0.03,
     trunk: str | None = None,
     treatments: dict[str, Any] | None = None,
+    interaction_preview: bool = False,
+    push_timeout_s: int = 30,
 ) -> Campaign:
     """Validate everything, then add the campaign (state `created`)."""
     name = name.strip()
@@ -115,6 +117,10 @@ def create_campaign(
     if trunk is not None and ("${NUMBER}" not in trunk or any(c in trunk for c in "\r\n\0")):
         raise Invalid("trunk must be a dial string containing ${NUMBER}")
     checked = {k: validate_treatment(k, v) for k, v in (treatments or {}).items()}
+    if interaction_preview and dial_mode is not DialMode.PROGRESSIVE:
+        raise Invalid("an interaction preview is for progressive campaigns only")
+    if not 5 <= push_timeout_s <= 600:
+        raise Invalid("the time to accept a pushed record must be 5-600 seconds")
     c = Campaign(
         name=name,
         description=description,
@@ -129,6 +135,8 @@ def create_campaign(
         abandon_target=abandon_target,
         trunk=trunk,
         treatments=checked,
+        interaction_preview=interaction_preview,
+        push_timeout_s=push_timeout_s,
     )
     s.add(c)
     s.flush()
@@ -177,6 +185,8 @@ def campaign_summary(s: Session, c: Campaign) -> dict[str, Any]:
         "disposition_codes": c.disposition_codes,
         "disposition_required": c.disposition_required,
         "abandon_target": c.abandon_target,
+        "interaction_preview": c.interaction_preview,
+        "push_timeout_s": c.push_timeout_s,
         "trunk": c.trunk,
         "treatments": c.treatments,
         "contacts": {st.value: int(counts.get(st, 0)) for st in ContactState},

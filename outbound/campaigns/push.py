@@ -1,7 +1,8 @@
 """Push preview: the system pushes a record to an agent whose *outbound preview* channel
 is Ready; the agent accepts it (and then dials, as in preview) or rejects it. A reject,
 or no action within the campaign's `push_timeout_s`, puts the record back at the top of
-the list.
+the list. A progressive campaign with an interaction preview (`interaction_preview`) works
+the same on the voice channel, except that accepting places the call at once.
 
 A pushed record is a preview offer (outbound.model Offer, state open) leased in the dial
 queue to the agent (`preview.lease_owner`) for the push timeout, so everything preview
@@ -41,6 +42,17 @@ log = logging.getLogger("outbound.push")
 ACCEPTED = "push_accepted"  # case event kinds of a pushed record's history
 REJECTED = "push_rejected"
 EXPIRED = "push_expired"
+
+
+def push_channel(campaign: Campaign) -> str | None:
+    """The agent channel whose Ready gets the campaign pushed records: "preview" (push
+    preview), "voice" (progressive with an interaction preview: the reserved agent sees
+    the record, and accepting it has the call placed at once), or None (not pushed)."""
+    if campaign.mode is DialMode.PUSH_PREVIEW:
+        return "preview"
+    if campaign.mode is DialMode.PROGRESSIVE and campaign.interaction_preview:
+        return "voice"
+    return None
 
 
 def deadline(offer: Offer, campaign: Campaign) -> datetime:
@@ -94,7 +106,8 @@ def push_offer(
         )
     with factory() as s:
         _, campaign = _check_agent(s, agent_id, campaign_id)
-        if campaign.mode is not DialMode.PUSH_PREVIEW:
+        channel = push_channel(campaign)
+        if channel is None:
             raise Conflict(
                 f"campaign {campaign.name!r} is {campaign.mode.value}: records are not pushed"
             )
@@ -105,8 +118,9 @@ def push_offer(
             raise Conflict(f"agent {agent_id} already has an open record (offer {shown})")
         if not agent_is_free(s, agent_id):
             raise Conflict(f"agent {agent_id} is in a call or in wrap-up")
-    if not live.is_ready(queue.redis, agent_id, "preview"):
-        raise Conflict(f"agent {agent_id} is not Ready on the outbound preview channel")
+    if not live.is_ready(queue.redis, agent_id, channel):
+        what = "outbound preview" if channel == "preview" else channel
+        raise Conflict(f"agent {agent_id} is not Ready on the {what} channel")
     if live.preview_stopped(queue.redis, agent_id):
         raise Conflict(f"agent {agent_id} chose 'done and stop': no record is pushed")
     got = lease_and_offer(factory, queue, agent_id, campaign, now, float(campaign.push_timeout_s))
@@ -121,7 +135,7 @@ def push_offer(
 
 def _open_push_offer(s: Session, offer_id: int, agent_id: str) -> tuple[Offer, Campaign]:
     offer, campaign = _own_offer(s, offer_id, agent_id)
-    if campaign.mode is not DialMode.PUSH_PREVIEW:
+    if push_channel(campaign) is None:
         raise Conflict(f"offer {offer_id} is not a pushed record (campaign {campaign.name!r})")
     if offer.state is not OfferState.OPEN:
         raise Conflict(f"pushed record {offer_id} is {offer.state.value}: nothing to do")
@@ -164,6 +178,9 @@ def accept(
             "contact_id": contact_id,
             "state": "accepted",
             "case": case_info(s, offer),
+            # Progressive's interaction preview: accepting places the call (the caller
+            # dials it now, preview.dial); push preview: the agent dials when ready.
+            "dial_now": campaign.mode is DialMode.PROGRESSIVE,
         }
     if queue is not None and not already:
         try:
@@ -213,7 +230,7 @@ def expire_offers(
     now = now or utcnow()
     with factory() as s:
         campaign = s.get(Campaign, queue.campaign_id)
-        if campaign is None or campaign.mode is not DialMode.PUSH_PREVIEW:
+        if campaign is None or push_channel(campaign) is None:
             return []
         overdue = [
             o.id

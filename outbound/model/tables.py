@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     Time,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -90,6 +91,11 @@ class Campaign(Base):
     amd_policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
     abandon_target: Mapped[float] = mapped_column(Float, default=0.03)
     push_timeout_s: Mapped[int] = mapped_column(Integer, default=30)
+    # Progressive only: the record is shown to the reserved agent, who accepts (dialed at
+    # once) or rejects (back to the top) within push_timeout_s.
+    interaction_preview: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
     callback_fallback: Mapped[str] = mapped_column(String(10), default="pool")  # or "wait"
     callback_grace_s: Mapped[int] = mapped_column(Integer, default=300)
     callback_max_days: Mapped[int] = mapped_column(Integer, default=3)
