@@ -287,6 +287,9 @@ class Dialer:
                 pass
         for t in list(self._tasks):
             t.cancel()
+        if self._sync_redis is not None:
+            self._sync_redis.close()
+            self._sync_redis = None
 
     # ------------------------------------------------------------ steps
     async def _step(self, aw: Awaitable[T]) -> T:

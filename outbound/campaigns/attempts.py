@@ -181,13 +181,19 @@ def settle(
 
 
 def apply_treatment(
-    s: Session, campaign: Campaign, contact: Contact, result: CallResult, at: datetime
+    s: Session,
+    campaign: Campaign,
+    contact: Contact,
+    result: CallResult,
+    at: datetime,
+    key: str | None = None,
 ) -> None:
-    """Retry later, next number, final or DNC, as the campaign says for this result."""
+    """Retry later, next number, final or DNC, as the campaign says for this result (or
+    for `key`: the agent's disposition code, when the campaign keys a treatment on it)."""
     contact.last_result = result
     if contact.state in (ContactState.DNC, ContactState.CALLBACK):
         return
-    t = treatment_for(campaign.treatments, result.value)
+    t = treatment_for(campaign.treatments, key or result.value)
     action = t["action"]
     max_attempts = int(t.get("max_attempts", campaign.max_attempts))
     if action == "retry" and contact.attempts < max_attempts:
@@ -212,7 +218,7 @@ def apply_treatment(
                         e164=n.e164,
                         campaign_id=campaign.id,
                         source="treatment",
-                        reason=f"result {result.value}",
+                        reason=f"disposition {key}" if key else f"result {result.value}",
                     )
                 )
     else:

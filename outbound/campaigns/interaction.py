@@ -474,17 +474,11 @@ def _treat_by_disposition(
     s: Session, campaign: Campaign, contact: Contact, a: CallAttempt, code: str, at: datetime
 ) -> dict[str, Any] | None:
     """Apply the campaign's treatment keyed on the disposition code, if it has one, with
-    the same code as a call result's (apply_treatment): a stand-in campaign whose only
-    override maps the attempt's result to the disposition's treatment."""
+    the same code as a call result's (apply_treatment with the code as the key)."""
     if not code or code not in campaign.treatments:
         return None
-    t = treatment_for(campaign.treatments, code)
-    result = a.result or CallResult.ANSWERED
-    stand_in = Campaign(
-        id=campaign.id, treatments={result.value: t}, max_attempts=campaign.max_attempts
-    )
-    apply_treatment(s, stand_in, contact, result, at)
-    return t
+    apply_treatment(s, campaign, contact, a.result or CallResult.ANSWERED, at, key=code)
+    return treatment_for(campaign.treatments, code)
 
 
 def mark_done(

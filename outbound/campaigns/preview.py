@@ -116,13 +116,21 @@ def get_record(
     dialable now is put back (pushed to when it will be, or removed from the queue when
     no time makes it dialable) and the next one is tried. A personal callback of another
     agent is skipped and put back on top. Asking again while a record is shown returns
-    that record. Also ends "done and stop": records flow again."""
+    that record. Also ends "done and stop": records flow again. In a campaign whose
+    records are pushed (push preview, progressive with an interaction preview) it ends
+    "done and stop" and pushes the next record at once."""
     if queue.campaign_id != campaign_id:
         raise Invalid(
             f"the dial queue given is campaign {queue.campaign_id}'s, not {campaign_id}'s"
         )
     with factory() as s:
         _, campaign = _check_agent(s, agent_id, campaign_id)
+        pushed = campaign.mode is DialMode.PUSH_PREVIEW or (
+            campaign.mode is DialMode.PROGRESSIVE and campaign.interaction_preview
+        )
+        if pushed:
+            s.close()
+            return _ask_for_push(factory, queue, agent_id, campaign_id, now)
         if campaign.mode is not DialMode.PREVIEW:
             raise Conflict(
                 f"campaign {campaign.name!r} is {campaign.mode.value}: records are not pulled"
@@ -143,6 +151,27 @@ def get_record(
         raise Conflict(f"agent {agent_id} must be Ready to get a record")
     live.set_preview_stopped(queue.redis, agent_id, False)
     return lease_and_offer(factory, queue, agent_id, campaign, now, lease_s)
+
+
+def _ask_for_push(
+    factory: sessionmaker[Session],
+    queue: Any,
+    agent_id: str,
+    campaign_id: int,
+    now: datetime | None,
+) -> dict[str, Any]:
+    """"Get record" in a campaign whose records are pushed: it ends "done and stop" and
+    pushes the next record now (or returns the record already pushed to the agent)."""
+    from .push import push_offer
+
+    live.set_preview_stopped(queue.redis, agent_id, False)
+    with factory() as s:
+        shown = s.scalar(
+            select(Offer).where(Offer.agent_id == agent_id, Offer.state == OfferState.OPEN)
+        )
+        if shown is not None and shown.campaign_id == campaign_id:
+            return _offered(s, shown)
+    return push_offer(factory, queue, agent_id, campaign_id, now)
 
 
 def lease_and_offer(

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from outbound import live, names
 from outbound.campaigns import push
 from outbound.campaigns.feedback import NotAllowed
-from outbound.campaigns.preview import dial, lease_owner
+from outbound.campaigns.preview import dial, get_record, lease_owner
 from outbound.commands import CommandFailed, send_command
 from outbound.compliance import NotDialable
 from outbound.dial_queue import DialQueue
@@ -226,6 +226,22 @@ def test_given_an_agent_not_ready_on_the_preview_channel_then_nothing_is_pushed(
     assert w.first() == w.contacts[0]
     with w.factory() as s:
         assert s.scalar(select(Offer.id)) is None
+
+
+def test_given_done_and_stop_when_the_agent_gets_a_record_then_pushing_resumes_at_once(
+    w: World,
+) -> None:
+    agent = w.agent()
+    live.set_preview_stopped(w.r, agent, True)  # as done_and_stop leaves it
+    with pytest.raises(Conflict, match="done and stop"):
+        push.push_offer(w.factory, w.queue, agent, w.campaign_id)
+    got = get_record(w.factory, w.queue, agent, w.campaign_id)
+    assert got["status"] == "record" and got["contact_id"] == w.contacts[0]
+    assert not live.preview_stopped(w.r, agent)
+    # Asking again shows the same pushed record, not a second one.
+    again = get_record(w.factory, w.queue, agent, w.campaign_id)
+    assert again["offer_id"] == got["offer_id"]
+    assert w.first() == w.contacts[1]
 
 
 # ---------------------------------------------------------------- on the sandbox Asterisk
