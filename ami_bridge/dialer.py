@@ -43,6 +43,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import partial
 from typing import Any, TypeVar
 
 import redis as sync_redis
@@ -50,7 +51,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from outbound import dial_queue, live, names
-from outbound.campaigns import push
+from outbound.campaigns import callback_offers, push
+from outbound.campaigns.callback_offers import campaigns_with_callbacks, has_open_offer
 from outbound.campaigns.interaction import agent_is_free
 from outbound.compliance import NotDialable
 from outbound.dial_queue import AsyncDialQueue, DialQueue
@@ -67,6 +69,7 @@ from outbound.model import (
 from .connection import AmiNotReady
 from .originator import Originator
 from .pacer import Predictive
+from .reservations import RESERVE_TTL_S, AgentReservations
 from .sessions import AgentSessions, SessionState
 
 log = logging.getLogger("ami_bridge.dialer")
@@ -78,22 +81,10 @@ SWEEP_S = 3.0
 STEP_TIMEOUT_S = 10.0  # deadline of one Redis / database step
 REBUILD_TIMEOUT_S = float(dial_queue.REBUILD_TTL_S)  # a whole campaign's rebuild or sweep
 LEASE_TTL_S = 60.0  # renewed every sweep while the call lasts
-RESERVE_TTL_S = 120  # a worker that dies frees its agents after this
 REFUSALS_PER_AGENT = 20  # records compliance may refuse for one agent in one tick
 
 # The modes this engine drives (their queues are rebuilt and ticked).
 ENGINE_MODES = (DialMode.PROGRESSIVE, DialMode.PUSH_PREVIEW, DialMode.PREDICTIVE)
-
-# Release / extend a reservation only if it is still ours (it may have expired and been
-# taken by another worker meanwhile).
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
-_EXTEND = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end
-return 0
-"""
 
 
 # ------------------------------------------------------------ the database side
@@ -138,49 +129,6 @@ def postpone(s: Session, contact_id: int, until: datetime) -> None:
     c = s.get(Contact, contact_id, with_for_update=True)
     if c is not None:
         c.next_at = until
-
-
-# ------------------------------------------------------------ agent reservations
-
-
-class AgentReservations:
-    """Agents reserved by this worker: in memory (agent -> token) and in Redis (SET NX EX),
-    so that no tick here and no other worker reserves one of them again."""
-
-    def __init__(self, redis: Any, owner: str, ttl_s: int = RESERVE_TTL_S) -> None:
-        self.redis = redis
-        self.owner = owner
-        self.ttl_s = ttl_s
-        self.held: dict[str, str] = {}
-        self._release = redis.register_script(_RELEASE)
-        self._extend = redis.register_script(_EXTEND)
-
-    async def take(self, agent_id: str) -> str | None:
-        """A token if the agent is now ours; None if reserved already (here or elsewhere)."""
-        if agent_id in self.held:
-            return None
-        token = f"{self.owner}:{uuid.uuid4().hex[:12]}"
-        self.held[agent_id] = token  # before the await: a concurrent take here sees it
-        try:
-            ok = await self.redis.set(
-                names.key_agent_reservation(agent_id), token, nx=True, ex=self.ttl_s
-            )
-        except BaseException:
-            self.held.pop(agent_id, None)
-            raise
-        if not ok:
-            self.held.pop(agent_id, None)
-            return None
-        return token
-
-    async def give_back(self, agent_id: str, token: str) -> None:
-        if self.held.get(agent_id) == token:
-            del self.held[agent_id]
-        await self._release(keys=[names.key_agent_reservation(agent_id)], args=[token])
-
-    async def extend(self, agent_id: str, token: str) -> bool:
-        key = names.key_agent_reservation(agent_id)
-        return bool(await self._extend(keys=[key], args=[token, str(self.ttl_s)]))
 
 
 # ------------------------------------------------------------ the engine
@@ -359,6 +307,7 @@ class Dialer:
                 log.warning("attempt %s: lease not renewed: %s", fl.attempt_id, exc)
 
     async def tick(self) -> None:
+        await self._callbacks()  # fired callbacks reach agents before new records do
         for c in await self._campaigns():
             if c.mode is DialMode.PROGRESSIVE and c.interaction_preview:
                 await self._push_preview(c, "voice")  # accept places the call
@@ -398,7 +347,7 @@ class Dialer:
 
             def free(agent: str = agent) -> bool:
                 with self.factory() as s:
-                    return agent_is_free(s, agent)
+                    return agent_is_free(s, agent) and not has_open_offer(s, agent)
 
             placed = Placed.PAUSED
             try:
@@ -413,20 +362,39 @@ class Dialer:
             if placed in (Placed.EMPTY, Placed.PAUSED):
                 return  # nothing due, or dialing paused: no other agent gets a call now
 
+    # ------------------------------------------------------------ callbacks
+    async def _callbacks(self) -> None:
+        """Fired callbacks (any mode) offered to their agent or the pool
+        (outbound.campaigns.callback_offers); the page hears `offer_pushed`."""
+
+        def q() -> list[int]:
+            with self.factory() as s:
+                return campaigns_with_callbacks(s)
+
+        for cid in await self._db(q):
+            made = await self._db(partial(callback_offers.route, self.factory, self._sync(), cid))
+            info = CampaignInfo(cid, str(cid), DialMode.PREVIEW, None)
+            for got in made:
+                await self._publish("offer_pushed", info, got)
+
     # ------------------------------------------------------------ push preview
-    def _sync_queue(self, campaign_id: int) -> DialQueue:
+    def _sync(self) -> Any:
+        """A synchronous client of the same Redis, for the synchronous cores in threads."""
         if self._sync_redis is None:
             kw = self.redis.connection_pool.connection_kwargs
             self._sync_redis = sync_redis.Redis(
                 **{k: kw[k] for k in ("host", "port", "db", "username", "password") if k in kw}
             )
-        return DialQueue(self._sync_redis, campaign_id)
+        return self._sync_redis
+
+    def _sync_queue(self, campaign_id: int) -> DialQueue:
+        return DialQueue(self._sync(), campaign_id)
 
     async def _publish(self, event: str, campaign: CampaignInfo, got: dict[str, Any]) -> None:
         fields = {"event": event, "campaign_id": str(campaign.id)}
         fields |= {
             k: str(got[k])
-            for k in ("agent_id", "offer_id", "contact_id", "deadline")
+            for k in ("agent_id", "offer_id", "contact_id", "deadline", "callback_id")
             if got.get(k) is not None
         }
         await self._step(

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .. import live, names
 from ..model import AgentCampaign, AttemptState, CallAttempt, CallResult, CaseEvent, transaction
 from ..pacing import WINDOW_DAYS, AbandonLedger, Estimators, Priors
+from .callback_offers import has_open_offer
 from .interaction import agent_is_free, agents_in_wrapup
 
 HISTORY = 500  # ended attempts the estimates are fed with
@@ -246,8 +247,8 @@ def _assign(factory: sessionmaker[Session], attempt_id: str, agent_id: str) -> b
         a = s.get(CallAttempt, attempt_id, with_for_update=True)
         if a is None or a.agent_id is not None or a.state is AttemptState.ENDED:
             return False
-        if not agent_is_free(s, agent_id):
-            return False
+        if not agent_is_free(s, agent_id) or has_open_offer(s, agent_id):
+            return False  # in a call, in wrap-up, or looking at a record (a callback)
         a.agent_id = agent_id
         a.audit = {**a.audit, "agent_picked": agent_id}
         return True

@@ -160,7 +160,7 @@ def _ask_for_push(
     campaign_id: int,
     now: datetime | None,
 ) -> dict[str, Any]:
-    """"Get record" in a campaign whose records are pushed: it ends "done and stop" and
+    """ "Get record" in a campaign whose records are pushed: it ends "done and stop" and
     pushes the next record now (or returns the record already pushed to the agent)."""
     from .push import push_offer
 
@@ -434,9 +434,11 @@ def decline(
                 created_at=now,
             )
         )
-        contact_id = contact.id
+        contact_id, callback = contact.id, offer.callback_id
     if choice == "dnc":
         _settle(queue, contact_id, agent_id)
+    elif callback is not None:
+        pass  # a callback goes back to routing for another agent (callback_offers)
     else:
         back_to_top(queue, contact_id, agent_id)
     return {"offer_id": offer_id, "contact_id": contact_id, "choice": choice, "state": "declined"}

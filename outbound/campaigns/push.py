@@ -135,7 +135,7 @@ def push_offer(
 
 def _open_push_offer(s: Session, offer_id: int, agent_id: str) -> tuple[Offer, Campaign]:
     offer, campaign = _own_offer(s, offer_id, agent_id)
-    if push_channel(campaign) is None:
+    if push_channel(campaign) is None and offer.callback_id is None:
         raise Conflict(f"offer {offer_id} is not a pushed record (campaign {campaign.name!r})")
     if offer.state is not OfferState.OPEN:
         raise Conflict(f"pushed record {offer_id} is {offer.state.value}: nothing to do")
@@ -180,7 +180,7 @@ def accept(
             "case": case_info(s, offer),
             # Progressive's interaction preview: accepting places the call (the caller
             # dials it now, preview.dial); push preview: the agent dials when ready.
-            "dial_now": campaign.mode is DialMode.PROGRESSIVE,
+            "dial_now": campaign.mode in (DialMode.PROGRESSIVE, DialMode.PREDICTIVE),
         }
     if queue is not None and not already:
         try:
@@ -205,6 +205,7 @@ def reject(
     with transaction(factory) as s:
         offer, _ = _open_push_offer(s, offer_id, agent_id)
         offer.state, offer.closed_at = OfferState.REJECTED, now
+        callback = offer.callback_id
         s.add(
             CaseEvent(
                 contact_id=offer.contact_id,
@@ -216,7 +217,8 @@ def reject(
             )
         )
         contact_id = offer.contact_id
-    back_to_top(queue, contact_id, agent_id)
+    if callback is None:  # a callback goes back to routing (callback_offers), not the list
+        back_to_top(queue, contact_id, agent_id)
     log.info("push preview: offer %s rejected by agent %s", offer_id, agent_id)
     return {"offer_id": offer_id, "contact_id": contact_id, "state": "rejected"}
 
@@ -236,7 +238,9 @@ def expire_offers(
             o.id
             for o in s.scalars(
                 select(Offer).where(
-                    Offer.campaign_id == campaign.id, Offer.state == OfferState.OPEN
+                    Offer.campaign_id == campaign.id,
+                    Offer.state == OfferState.OPEN,
+                    Offer.callback_id.is_(None),  # callback offers: callback_offers.expire
                 )
             )
             if now >= deadline(o, campaign) and not _accepted(s, o)

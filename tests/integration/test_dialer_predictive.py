@@ -261,7 +261,7 @@ async def _asterisk_checks(admin: AmiClient, w: dict[str, Any], attempts: list[C
             await admin.wait_event(
                 "ConfbridgeJoin",
                 timeout=1,
-                Conference=names.agent_bridge(a.agent_id),
+                Conference=names.agent_bridge(a.agent_id or ""),
                 Uniqueid=a.id,
             )
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import redis
 from sqlalchemy import func, select
 
 from outbound import live
+from outbound.errors import Conflict
 from outbound.model import AttemptState, CallAttempt, CallResult, Contact, ContactState, DncEntry
 from outbound.model.tables import Offer, OfferState
 from tests.helpers.world import World
@@ -271,11 +273,13 @@ async def test_given_a_pushed_record_then_only_its_agent_accepts_or_rejects_it(
         c.mode = DialMode.PUSH_PREVIEW
     a = await site.login(agent_with_password(w))
     b = await site.login(agent_with_password(w))
-    # "Get record" is preview's: a push preview campaign pushes records itself.
+    # "Get record" in a push preview campaign pushes the next record at once (it also
+    # ends "done and stop"); the dialer's own push then finds the agent busy with it.
     pulled = await a.post(f"/api/campaigns/{w.campaign_id}/record")
-    assert pulled.status_code == 409 and "not pulled" in pulled.json()["error"]
-    got = push.push_offer(w.factory, w.queue, a.agent_id, w.campaign_id)  # the dialer's push
-    oid = got["offer_id"]
+    assert pulled.status_code == 200 and pulled.json()["status"] == "record", pulled.text
+    oid = pulled.json()["offer_id"]
+    with pytest.raises(Conflict, match="already has an open record"):
+        push.push_offer(w.factory, w.queue, a.agent_id, w.campaign_id)
     assert (await b.post(f"/api/offers/{oid}/accept", {})).status_code == 403
     assert (await b.post(f"/api/offers/{oid}/reject")).status_code == 403
     acc = await a.post(f"/api/offers/{oid}/accept", {})
