@@ -565,7 +565,7 @@ def done_and_stop(
 ) -> dict[str, Any]:
     """Mark done, and stop new preview records (the automatic next one, pushed ones)
     until the agent's next "get record" (a flag in the agent's live hash). The flag is set
-    only when mark done succeeded: a refused one leaves everything as it was."""
+    before the mark done and put back when it is refused: everything as it was."""
     from ..live import set_preview_stopped
 
     with factory() as s:
@@ -577,9 +577,17 @@ def done_and_stop(
                 f"'done and stop' is for preview campaigns; {campaign.name!r} is "
                 f"{campaign.mode.value}: use mark done"
             )
-    out = mark_done(
-        factory, attempt_id, agent_id, disposition, queue=queue, now=now, auto_next=False
-    )
+    # The flag first: between mark done and the flag the bridge could push a record.
+    from ..live import preview_stopped
+
+    was = preview_stopped(redis, agent_id)
     set_preview_stopped(redis, agent_id, True)
+    try:
+        out = mark_done(
+            factory, attempt_id, agent_id, disposition, queue=queue, now=now, auto_next=False
+        )
+    except BaseException:
+        set_preview_stopped(redis, agent_id, was)  # refused: everything as it was
+        raise
     out["stopped"] = True
     return out
