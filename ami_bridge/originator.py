@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from panoramisk.message import Message
@@ -42,6 +43,11 @@ ORIGINATE_PREFIX = "originate/"
 # Raised by outbound-after-classify (agent_gone) when the agent left between classify's
 # check and the join: the person hears the abandon message instead (AttemptId, Reason).
 EVENT_CONNECT_ABANDONED = names.EVENT_CONNECT_ABANDONED
+# An agent's preview dial commits its attempt `created` and sends the bridge a `dial`
+# command that claims it; a command lives 10-30 s (its deadline), so an attempt still
+# `created` after this was never going to be claimed (page closed, API down, command
+# expired): it is ended (CANCELLED), freeing its contact and its agent.
+CREATED_TTL_S = 60.0
 LIVE_STATES = (
     AttemptState.ORIGINATING,
     AttemptState.RINGING,
@@ -138,6 +144,7 @@ class Originator:
         def commit() -> tuple[str, str]:
             with transaction(self.factory) as s:
                 if attempt_id is not None:
+                    _write_lock(s)  # SQLite: or an expiry could end it under our feet
                     a = _claim_created(s, attempt_id, contact_id, self.server)
                     claimed.update(trunk=a.trunk, caller_id=a.caller_id, agent_id=a.agent_id)
                     return a.id, a.e164
@@ -218,16 +225,21 @@ class Originator:
         ev = msg.get("Event")
         log.debug("event %s %s %s", ev, msg.get("Uniqueid"), msg.get("UserEvent", ""))
         if ev == "UserEvent" and msg.get("UserEvent") == names.EVENT_DIAL_RESULT:
+            if not await self._is_ours(msg.get("AttemptId", "")):
+                return
             p = self._pending.setdefault(msg.get("AttemptId", ""), _Pending())
             p.status, p.cause = msg.get("DialStatus", ""), _int(msg.get("HangupCause"))
             await self._try_settle_unanswered(msg.get("AttemptId", ""))
         elif ev == "UserEvent" and msg.get("UserEvent") == EVENT_CONNECT_ABANDONED:
-            await self._late_abandon(msg.get("AttemptId", ""), msg.get("Reason", ""))
+            if await self._is_ours(msg.get("AttemptId", "")):
+                await self._late_abandon(msg.get("AttemptId", ""), msg.get("Reason", ""))
         elif ev == "OriginateResponse":
             action_id = msg.get("ActionID", "")
             if not action_id.startswith(ORIGINATE_PREFIX):
                 return
             aid = action_id[len(ORIGINATE_PREFIX) :]
+            if not await self._is_ours(aid):
+                return
             if msg.get("Response") == "Success":
                 self._pending.pop(aid, None)
                 await self._advance(aid, "answer")
@@ -277,12 +289,17 @@ class Originator:
         await self._settle(aid, result, cause=p.cause)
 
     async def _is_ours(self, uid: str) -> bool:
+        """An attempt this server placed. Another bridge's attempts are not: several
+        bridges (own server names) on one Asterisk all see every call's events, and only
+        the one that placed a call may settle it and tell its dialer (call_ended)."""
         if len(uid) != 36:  # our ChannelIds are UUIDs; Asterisk's own look like 1795.12
             return False
 
         def q() -> bool:
             with self.factory() as s:
-                return s.get(CallAttempt, uid) is not None
+                return s.scalar(select(CallAttempt.server).where(CallAttempt.id == uid)) == (
+                    self.server
+                )
 
         return await asyncio.to_thread(q)
 
@@ -378,6 +395,36 @@ class Originator:
             except Exception:
                 log.exception("call event hook failed")
 
+    # ------------------------------------------------------------ unclaimed attempts
+    async def expire_created(self, ttl_s: float = CREATED_TTL_S) -> list[str]:
+        """End every attempt still `created` (written by an agent's preview dial, never
+        claimed by a `dial` command) `ttl_s` after it was written: result CANCELLED, the
+        audit says why, the contact's treatment applied as for any attempt never sent.
+        Whatever server an unclaimed attempt names (the bridge that will send it is only
+        known at the claim), so every bridge runs this; the row lock makes it one end.
+        Returns the ids ended here."""
+        cutoff = utcnow() - timedelta(seconds=ttl_s)
+        note = f"expired: not claimed for its Originate within {ttl_s:g} s"
+
+        def stale() -> list[str]:
+            with self.factory() as s:
+                q = select(CallAttempt.id).where(
+                    CallAttempt.state == AttemptState.CREATED, CallAttempt.created_at < cutoff
+                )
+                return list(s.scalars(q.order_by(CallAttempt.created_at)))
+
+        def end(aid: str) -> bool:
+            with transaction(self.factory) as s:
+                return _expire_one(s, aid, cutoff, note)
+
+        ended = []
+        for aid in await asyncio.to_thread(stale):
+            if await asyncio.to_thread(end, aid):
+                log.warning("attempt %s: %s; cancelled", aid, note)
+                self._notify_settled(aid, CallResult.CANCELLED)
+                ended.append(aid)
+        return ended
+
     # ------------------------------------------------------------ reconciliation
     async def reconcile(self) -> None:
         """After every (re)connection: look for each live attempt of this server among
@@ -410,6 +457,18 @@ class Originator:
                 "attempt %s not found in Asterisk after reconnect: settled %s", aid, result.value
             )
             self._notify_settled(aid, result)
+
+
+def _expire_one(s: Session, attempt_id: str, cutoff: datetime, note: str) -> bool:
+    """End one unclaimed attempt under its row lock (SQLite: the write lock), so that a
+    claim racing it either came first (state originating: left alone) or comes after and
+    finds it ended (refused, nothing sent). Never both."""
+    _write_lock(s)
+    a = s.get(CallAttempt, attempt_id, with_for_update=True, populate_existing=True)
+    if a is None or a.state is not AttemptState.CREATED or a.created_at >= cutoff:
+        return False
+    a.audit = {**a.audit, "expired": {"after_s": (utcnow() - a.created_at).total_seconds()}}
+    return settle(s, attempt_id, CallResult.CANCELLED, note=note)
 
 
 def _write_lock(s: Session) -> None:
@@ -455,11 +514,18 @@ def _claim_created(s: Session, attempt_id: str, contact_id: int, server: str) ->
     """Lock an agent-written attempt for its one Originate: it must be `created` (never
     sent) and the contact's; it moves to `originating` on this server in the caller's
     transaction, so a second dial command for it finds it taken."""
-    a = s.scalar(select(CallAttempt).where(CallAttempt.id == attempt_id).with_for_update())
+    a = s.scalar(
+        select(CallAttempt)
+        .where(CallAttempt.id == attempt_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     if a is None:
         raise NotFound(f"attempt {attempt_id} does not exist")
     if a.contact_id != contact_id:
         raise Conflict(f"attempt {attempt_id} is not contact {contact_id}'s")
+    if a.state is not AttemptState.CREATED and "expired" in a.audit:
+        raise Conflict(f"attempt {attempt_id} expired unclaimed and was cancelled: dial again")
     if a.state is not AttemptState.CREATED:
         raise Conflict(f"attempt {attempt_id} was already dialed (state {a.state.value})")
     advance(a, "send")

@@ -23,13 +23,15 @@ from .commands import CommandConsumer, NoSuchCall
 from .connection import AmiActionFailed, AmiConnection
 from .control import CallControl, DialTemplates, Interaction
 from .dialer import Dialer
-from .originator import Originator
+from .originator import CREATED_TTL_S, Originator
 from .rights import ensure_least_privilege
 from .sessions import AgentSession, AgentSessions, NotLoggedIn, SessionState
 
 log = logging.getLogger("ami_bridge.service")
 
 HEALTH_TTL_S = 5
+EXPIRY_EVERY_S = 5.0  # how often unclaimed preview attempts are looked for
+EXPIRY_TIMEOUT_S = 30.0  # the deadline of one such look
 
 
 def health_key(server: str) -> str:
@@ -111,6 +113,8 @@ class Bridge:
             self.commands.register(kind, handler)
         self._stop = asyncio.Event()
         self._pending_events: set[asyncio.Task[None]] = set()
+        self.created_ttl_s = CREATED_TTL_S  # unclaimed preview attempts end after this
+        self.expiry_every_s = EXPIRY_EVERY_S
 
     # ------------------------------------------------------------ agent sessions
     async def _login(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -179,8 +183,11 @@ class Bridge:
 
     async def _session_up(self, sess: AgentSession) -> None:
         """A session joined its conference. One a desk phone started (*51) was not
-        announced by a login command: it is written up here, not ready until *52."""
-        if sess.origin == "phone":
+        announced by a login command: it is written up here, not ready until *52. One
+        this bridge adopted on its resync (a session another worker or its own earlier
+        run started) is announced already: its live state is kept, Ready included, or
+        every worker joining would make the other workers' agents Not Ready."""
+        if sess.origin == "phone" and not await self._announced(sess.agent_id):
             await self.redis.hset(
                 live.agent_key(sess.agent_id),
                 mapping=live.agent_fields("up", ready=False, reason="phone_login"),
@@ -188,6 +195,13 @@ class Bridge:
         self._publish(
             {"event": "agent_session_up", "agent_id": sess.agent_id, "origin": sess.origin}
         )
+
+    async def _announced(self, agent_id: str) -> bool:
+        """The agent's live state says a session is up: a session that comes up now is
+        that one, adopted (a second leg for an agent with a live session is hung up, and
+        an ended session is written "ended")."""
+        state = await self.redis.hget(live.agent_key(agent_id), "session")
+        return state in (b"up", "up")
 
     async def _session_end(self, agent_id: str, reason: str) -> None:
         """The phone hung up (or login failed, or logout): the agent is not ready."""
@@ -328,6 +342,22 @@ class Bridge:
             except TimeoutError:
                 pass
 
+    async def _expiry_loop(self) -> None:
+        """Attempts an agent's preview dial wrote and no `dial` command claimed end after
+        `created_ttl_s` (Originator.expire_created): their contact and agent are free
+        again. A failed round is logged; the next one tries again."""
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(
+                    self.originator.expire_created(self.created_ttl_s), EXPIRY_TIMEOUT_S
+                )
+            except Exception:
+                log.exception("unclaimed attempts not expired this round")
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.expiry_every_s)
+            except TimeoutError:
+                pass
+
     async def run(self, ready_timeout: float = 30) -> None:
         self.originator.start()
         await self.ami.start(wait=ready_timeout)
@@ -335,6 +365,7 @@ class Bridge:
         tasks = [
             asyncio.ensure_future(self.commands.run()),
             asyncio.ensure_future(self._health_loop()),
+            asyncio.ensure_future(self._expiry_loop()),
         ]
         if self.dialer is not None:
             tasks.append(asyncio.ensure_future(self.dialer.run(self._stop)))

@@ -162,7 +162,10 @@ def settle(
     """End the attempt with `result` and apply the campaign's treatment to the contact.
     Returns False when the attempt had already ended (the first result wins)."""
     at = at or utcnow()
-    attempt = s.get(CallAttempt, attempt_id, with_for_update=True)
+    # populate_existing: a row this session read before (unlocked) is read again under
+    # the lock, or a settle that waited for another's commit would see the stale state,
+    # end the attempt a second time and apply the treatment twice.
+    attempt = s.get(CallAttempt, attempt_id, with_for_update=True, populate_existing=True)
     if attempt is None:
         raise NotFound(f"no call attempt {attempt_id}")
     if attempt.state is A.ENDED:
@@ -173,7 +176,7 @@ def settle(
     attempt.ended_at = at
     if note:
         attempt.audit = {**attempt.audit, "settled": note}
-    contact = s.get(Contact, attempt.contact_id, with_for_update=True)
+    contact = s.get(Contact, attempt.contact_id, with_for_update=True, populate_existing=True)
     campaign = s.get(Campaign, attempt.campaign_id)
     assert contact is not None and campaign is not None
     apply_treatment(s, campaign, contact, attempt.result, at)
