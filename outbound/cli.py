@@ -15,6 +15,7 @@ import click
 
 from .cli_admin import COMMANDS
 from .cli_amd import amd
+from .cli_callbacks import callbacks
 from .cli_common import Ctx, errors
 from .cli_sandbox import sandbox
 
@@ -50,6 +51,7 @@ def main(ctx: click.Context, config_path: str | None, sets: tuple[str, ...]) -> 
 for _cmd in [*COMMANDS, sandbox]:
     main.add_command(_cmd)
 main.add_command(amd)
+main.add_command(callbacks)
 
 
 # ---------------------------------------------------------------- run

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from outbound.config import Config
 from outbound.model import make_engine, session_factory
 
-from . import admin, agent, calls, events
+from . import admin, agent, callbacks, calls, events
 from .auth import LoginPolicy, Sessions
 from .context import Ctx, async_twin
 from .http import Call, endpoint
@@ -153,6 +153,18 @@ def _routes() -> list[Api]:
         Api("POST", "/api/calls/{attempt_id}/done", calls.call_done,
             "Mark done (stop: true = done and stop)",
             body={"disposition": Field(max_len=64), "stop": BOOL}, errors=(404, 409, 413)),
+        Api("POST", "/api/callbacks", callbacks.create,
+            "Schedule a callback on my call or previewed record (again: replaces it)",
+            body=callbacks.SCHEDULE, errors=(404, 409, 413)),
+        Api("GET", "/api/callbacks", callbacks.mine, "My pending callbacks"),
+        Api("DELETE", "/api/callbacks", callbacks.uncheck,
+            "Uncheck 'Schedule callback' on my call or preview: cancel it, clear its error",
+            query=callbacks.INTERACTION_QUERY, errors=(404, 409)),
+        Api("PUT", "/api/callbacks/{callback_id}", callbacks.update,
+            "Edit my pending callback while its interaction is open",
+            body=callbacks.CALLBACK, errors=(404, 409, 413)),
+        Api("DELETE", "/api/callbacks/{callback_id}", callbacks.remove,
+            "Cancel my pending callback while its interaction is open", errors=(404, 409)),
         Api("GET", "/api/events", events.events, "My live events (server-sent events)",
             query={"last_event_id": Field(max_len=45)}, stream=True),
         Api("POST", "/api/admin/campaigns/{name}/{event}", admin.campaign_event,

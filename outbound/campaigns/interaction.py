@@ -481,6 +481,15 @@ def _treat_by_disposition(
     return treatment_for(campaign.treatments, code)
 
 
+def _refuse_on_callback_error(a: CallAttempt) -> None:
+    """An invalid "schedule callback" on this call stands (outbound.callbacks keeps its
+    reason in the audit until a valid schedule or a cancel): closing the interaction now
+    would silently drop the callback the contact was promised (seeds: fix it first)."""
+    err = (a.audit or {}).get("callback_error") if isinstance(a.audit, dict) else None
+    if err:
+        raise IllegalInteraction(f"fix or cancel the callback first: {err}")
+
+
 def mark_done(
     factory: sessionmaker[Session],
     attempt_id: str,
@@ -497,8 +506,10 @@ def mark_done(
     DialQueue): settle a lease the agent still holds on the record and, in a preview
     campaign, preview the next record unless the agent chose "done and stop" (`next`).
 
-    Refusals (nothing changed): NotAllowed (not the agent's call), Invalid (missing or
-    unknown code), IllegalInteraction (still connected, already done)."""
+    A pending callback scheduled on the call keeps the contact in state callback (the
+    treatment leaves such a contact alone). Refusals (nothing changed): NotAllowed (not
+    the agent's call), Invalid (missing or unknown code), IllegalInteraction (still
+    connected, already done, or an invalid callback not yet fixed or cancelled)."""
     from ..live import preview_stopped
     from .preview import get_record, lease_owner
 
@@ -510,6 +521,7 @@ def mark_done(
         assert campaign is not None and contact is not None
         state = derive_state(campaign.mode, None, a)
         next_state(state, "mark_done")  # refuse before validating the code
+        _refuse_on_callback_error(a)
         code = check_disposition(
             campaign.disposition_codes, campaign.disposition_required, disposition
         )
