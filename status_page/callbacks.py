@@ -17,10 +17,9 @@ from outbound.errors import NotFound
 from outbound.model import PhoneType
 
 from .http import Call
-from .schema import ATTEMPT_ID, INT_ID, MAX_DB_INT, PATH_PARAMS, Field, path_int
+from .schema import ATTEMPT_ID, MAX_DB_INT, Field, path_int
 
 # The callback id in /api/callbacks/{callback_id}: bounded like every other integer id.
-PATH_PARAMS.setdefault("callback_id", INT_ID)
 
 _TEXT = r"[^\x00-\x1f\x7f]{1,%d}"
 PHONE = Field(max_len=40, pattern=_TEXT % 40, description="a phone number (E.164 or national)")

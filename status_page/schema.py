@@ -93,6 +93,7 @@ NAME = Field(pattern=r"[^\x00-\x1f\x7f]{1,100}", max_len=100, description="a nam
 PATH_PARAMS: dict[str, Field] = {
     "offer_id": INT_ID,
     "campaign_id": INT_ID,
+    "callback_id": INT_ID,
     "contact_id": Field(pattern=r"[^\x00-\x1f\x7f/]{1,100}", max_len=100, description="an id"),
     "attempt_id": ATTEMPT_ID,
     "notification_id": Field(

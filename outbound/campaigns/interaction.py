@@ -42,12 +42,14 @@ from ..model import (
     Campaign,
     CaseEvent,
     Contact,
+    ContactState,
     DialMode,
     transaction,
     utcnow,
 )
 from ..model.tables import Offer, OfferState
 from .attempts import apply_treatment
+from .availability import agent_is_free, agents_in_wrapup
 from .feedback import NotAllowed
 from .treatments import treatment_for
 
@@ -227,51 +229,6 @@ def check_caller_id(ask: bool, caller_ids: list[Any], chosen: str | None) -> str
     if ask and allowed:
         raise Invalid("choose a caller ID before dialing: one of " + ", ".join(allowed))
     return allowed[0] if allowed else None
-
-
-# ---------------------------------------------------------------- agents: free / wrap-up
-def agent_is_free(session: Session, agent_id: str) -> bool:
-    """The agent may be given a new call: no live attempt, and no connected attempt that
-    ended without a disposition (wrap-up). Read in the caller's session/transaction."""
-    live = session.scalar(
-        select(CallAttempt.id)
-        .where(CallAttempt.agent_id == agent_id, CallAttempt.state != AttemptState.ENDED)
-        .limit(1)
-    )
-    if live is not None:
-        return False
-    wrapup = session.scalar(
-        select(CallAttempt.id)
-        .where(
-            CallAttempt.agent_id == agent_id,
-            CallAttempt.state == AttemptState.ENDED,
-            CallAttempt.connected_at.is_not(None),
-            CallAttempt.disposition.is_(None),
-        )
-        .limit(1)
-    )
-    return wrapup is None
-
-
-def agents_in_wrapup(session: Session, campaign_id: int) -> dict[str, datetime]:
-    """Agents of the campaign in wrap-up -> since when (their call's end): pacing counts
-    them as about to be free."""
-    rows = session.execute(
-        select(CallAttempt.agent_id, CallAttempt.ended_at, CallAttempt.created_at).where(
-            CallAttempt.campaign_id == campaign_id,
-            CallAttempt.agent_id.is_not(None),
-            CallAttempt.state == AttemptState.ENDED,
-            CallAttempt.connected_at.is_not(None),
-            CallAttempt.disposition.is_(None),
-        )
-    ).all()
-    out: dict[str, datetime] = {}
-    for agent_id, ended, created in rows:
-        assert agent_id is not None
-        since = ended or created
-        if agent_id not in out or since < out[agent_id]:
-            out[agent_id] = since
-    return out
 
 
 # ---------------------------------------------------------------- case information
@@ -477,6 +434,8 @@ def _treat_by_disposition(
     the same code as a call result's (apply_treatment with the code as the key)."""
     if not code or code not in campaign.treatments:
         return None
+    if contact.state in (ContactState.DNC, ContactState.CALLBACK):
+        return None  # a callback or the do-not-call list decides, not the code
     apply_treatment(s, campaign, contact, a.result or CallResult.ANSWERED, at, key=code)
     return treatment_for(campaign.treatments, code)
 

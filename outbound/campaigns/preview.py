@@ -160,7 +160,7 @@ def _ask_for_push(
     campaign_id: int,
     now: datetime | None,
 ) -> dict[str, Any]:
-    """ "Get record" in a campaign whose records are pushed: it ends "done and stop" and
+    """Get record in a campaign whose records are pushed: it ends "done and stop" and
     pushes the next record now (or returns the record already pushed to the agent)."""
     from .push import push_offer
 
@@ -362,9 +362,11 @@ def dial(
             now,
         )
         if offer.callback_id is not None:
-            cb = s.get(Callback, offer.callback_id)
+            cb = s.get(Callback, offer.callback_id, with_for_update=True)
+            if cb is not None and cb.state not in (CallbackState.PENDING, CallbackState.QUEUED):
+                raise Conflict(f"callback {cb.id} is {cb.state.value}: not dialed")
             if cb is not None:
-                cb.state, cb.fired_at = CallbackState.DONE, now
+                cb.state, cb.fired_at = CallbackState.DONE, cb.fired_at or now
         out = {
             "offer_id": offer.id,
             "attempt_id": attempt.id,

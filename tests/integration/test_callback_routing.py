@@ -182,10 +182,10 @@ def test_given_an_accepted_callback_when_dialed_then_a_callback_attempt_closes_i
     cb = fired(w, personal_for=a)
     route(w)
     oid = _open(w, a)
-    got = push.accept(w.factory, oid, a, queue=w.queue)
+    got = push.accept(w.factory, oid, a, queue=w.queue, now=NOW)
     assert got["dial_now"] is True  # progressive: the call is placed at once
     assert got["case"]["origin"] == "Personal callback"
-    out = dial(w.factory, w.queue, oid, a)
+    out = dial(w.factory, w.queue, oid, a, now=NOW)
     with w.factory() as s:
         att = s.get(CallAttempt, out["attempt_id"])
         assert att is not None and att.is_callback and att.agent_id == a
