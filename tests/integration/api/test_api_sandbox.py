@@ -30,6 +30,8 @@ from outbound.model import (
     AttemptState,
     CallAttempt,
     Campaign,
+    Contact,
+    ContactState,
     DialMode,
     transaction,
     utcnow,
@@ -194,3 +196,50 @@ async def test_given_a_preview_campaign_when_driven_through_the_api_then_asteris
     assert out.status_code == 200, out.text
     await async_until(lambda: r.hget(live.agent_key(agent), "session") == b"ended", 10)
     assert r.hget(live.agent_key(agent), "ready_voice") == b"0"
+
+
+async def test_given_preview_records_when_declined_through_the_api_then_later_is_on_top_and_dnc_never_dialed(
+    stack: dict[str, Any], admin_ami: AmiClient
+) -> None:
+    c, f, r = stack["client"], stack["factory"], stack["r"]
+    agent, first = stack["agent"], stack["contact"]
+    with f() as s:
+        name = s.get(Campaign, stack["campaign_id"]).name  # type: ignore[union-attr]
+    second_number = f"+4930{random.randrange(10**6, 10**7)}0"
+    second = add_contact(f, second_number, campaign=name, mode=DialMode.PREVIEW)
+    DialQueue(r, stack["campaign_id"]).rebuild(f, utcnow())
+    login = await c.post("/api/login", json={"agent_id": agent, "password": PASSWORD})
+    h = {"X-CSRF-Token": login.json()["csrf_token"]}
+    assert (await c.post("/api/agent/session", headers=h)).status_code == 200
+    await c.post("/api/agent/ready", json={"channel": "voice", "ready": True}, headers=h)
+
+    async def get() -> dict[str, Any]:
+        got = await c.post(f"/api/campaigns/{stack['campaign_id']}/record", headers=h)
+        assert got.status_code == 200, got.text
+        return dict(got.json())
+
+    # "Call later": the same record is first in line again.
+    one = await get()
+    assert one["contact_id"] == first
+    later = await c.post(
+        f"/api/offers/{one['offer_id']}/decline", json={"choice": "later"}, headers=h
+    )
+    assert later.status_code == 200, later.text
+    again = await get()
+    assert again["contact_id"] == first and again["offer_id"] != one["offer_id"]
+    # "Do not call": off the list for good; the next record is the other contact.
+    dnc = await c.post(
+        f"/api/offers/{again['offer_id']}/decline", json={"choice": "dnc"}, headers=h
+    )
+    assert dnc.status_code == 200, dnc.text
+    nxt = await get()
+    assert nxt["contact_id"] == second
+    await c.post(f"/api/offers/{nxt['offer_id']}/decline", json={"choice": "dnc"}, headers=h)
+    assert (await get())["status"] == "none"
+    with f() as s:
+        states = {cid: s.get(Contact, cid).state for cid in (first, second)}  # type: ignore[union-attr]
+    assert set(states.values()) == {ContactState.DNC}
+    # Asterisk never saw a call to either number.
+    await asyncio.sleep(1)
+    for n in (stack["number"], second_number):
+        assert await admin_ami.db_get("simcount", n) is None
