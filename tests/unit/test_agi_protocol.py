@@ -445,7 +445,9 @@ def test_panoramisk_fastagi_spins_on_half_header() -> None:
             cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
             time.sleep(1.0)
             cpu, wall = cpu_seconds(proc.pid) - cpu0, time.monotonic() - t0
-        assert cpu > 0.7 * wall, f"panoramisk used only {cpu:.2f}s CPU in {wall:.2f}s"
+        # A spinning loop takes all the CPU it is given; on a loaded machine (two cores,
+        # other tests running) that may be well under a whole core. Idle would be ~0.
+        assert cpu > 0.3 * wall, f"panoramisk used only {cpu:.2f}s CPU in {wall:.2f}s"
         # Its event loop is stuck in that loop: a second peer is never served.
         with socket.create_connection(("127.0.0.1", port), timeout=2) as sock2:
             sock2.settimeout(0.5)
