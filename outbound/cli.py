@@ -122,6 +122,39 @@ def run_agi(obj: Ctx) -> None:
     asyncio.run(go())
 
 
+_CELERY_ARGS = {"ignore_unknown_options": True, "allow_extra_args": True}
+# One process, one sweep at a time; no gossip/mingle/heartbeat: their fanout bindings
+# vanish with a FLUSHALL and the scheduler needs none of them.
+_WORKER = ("worker", "--pool=solo", "--without-gossip", "--without-mingle", "--without-heartbeat")
+_BEAT = ("beat",)
+
+
+@run.command("worker", context_settings=_CELERY_ARGS)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+@errors
+def run_worker(obj: Ctx, celery_args: tuple[str, ...]) -> None:
+    """The Celery worker that runs the scheduler's sweeps (fires due callbacks, brings
+    retries back). Extra arguments go to `celery worker` (e.g. --hostname)."""
+    from scheduler.app import make_app
+
+    level = f"--loglevel={obj.config.get('log', 'level')}"
+    make_app(obj.config).worker_main([*_WORKER, level, *celery_args])
+
+
+@run.command("beat", context_settings=_CELERY_ARGS)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+@errors
+def run_beat(obj: Ctx, celery_args: tuple[str, ...]) -> None:
+    """Celery beat: sends a sweep every [scheduler] sweep_interval seconds. Extra
+    arguments go to `celery beat` (e.g. --schedule FILE). Two beats are safe."""
+    from scheduler.app import make_app
+
+    level = f"--loglevel={obj.config.get('log', 'level')}"
+    make_app(obj.config).start([*_BEAT, level, *celery_args])
+
+
 @main.command("agi", context_settings={"ignore_unknown_options": True})
 @click.argument("route", required=False)
 @click.argument("call_args", nargs=-1)

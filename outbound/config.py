@@ -68,6 +68,15 @@ DEFAULTS: dict[str, dict[str, str]] = {
     # pair is locked (s); pin_attempts_global wrong PINs for an agent id from any phones (or
     # for any ids from one phone) lock the id (the phone) everywhere.
     "agents": {"pin_attempts": "3", "pin_attempts_global": "10", "pin_lockout": "300"},
+    # The Celery scheduler (scheduler/app.py): beat sends a sweep every sweep_interval
+    # seconds; a sweep claims due callbacks batch_size at a time, for at most sweep_budget
+    # seconds (the next sweep goes on). broker: Celery's Redis; empty = the [redis] url.
+    "scheduler": {
+        "sweep_interval": "1",
+        "batch_size": "500",
+        "sweep_budget": "20",
+        "broker": "",
+    },
     "sandbox": {"cache_dir": ""},
     "log": {"level": "INFO", "format": "text"},
 }
@@ -195,6 +204,10 @@ _PARSERS: dict[tuple[str, str], Callable[[str], Any]] = {
     ("dialer", "ring_timeout"): lambda v: max(15, _port(v)),
     ("dialer", "server"): _no_ctl,
     ("dialer", "engine"): _choice("on", "off"),
+    ("scheduler", "sweep_interval"): _positive_float,
+    ("scheduler", "batch_size"): _int_between(1, 5000),
+    ("scheduler", "sweep_budget"): _positive_float,
+    ("scheduler", "broker"): lambda v: _redis_url(v) if v else "",
     ("log", "level"): _log_level,
     ("log", "format"): _choice("text", "json"),
     ("agents", "pin_attempts"): _int_between(1, 100),
@@ -225,6 +238,11 @@ class Config:
     @property
     def redis_url(self) -> str:
         return str(self.get("redis", "url"))
+
+    @property
+    def broker_url(self) -> str:
+        """Celery's broker: [scheduler] broker, else the [redis] url."""
+        return str(self.get("scheduler", "broker") or self.redis_url)
 
     @property
     def default_region(self) -> str:

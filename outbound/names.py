@@ -145,3 +145,25 @@ def key_agent_inbox(agent_id: str) -> str:
     """An agent's own notifications (campaign loaded / started): a capped stream, one entry
     per notification, deleted when the agent acknowledges it (outbound.campaigns.notify)."""
     return f"{REDIS_PREFIX}inbox:agent:{agent_id}"
+
+
+# Callbacks (outbound/callbacks_fire.py): a due callback, once fired (QUEUED in the
+# database), waits in its campaign's callback queue for the bridge to route it to an agent.
+def key_callback_queue(campaign_id: int) -> str:
+    """A campaign's fired callbacks: a sorted set, member the callback id zero-padded to 15
+    digits, score fired_at (UTC epoch). Rebuilt from the database when its marker is gone."""
+    return f"{REDIS_PREFIX}callbacks:{campaign_id}"
+
+
+def key_callback_queue_built(campaign_id: int) -> str:
+    """Present once the campaign's callback queue was built from the database (missing
+    after a FLUSHALL: the next sweep rebuilds the queue)."""
+    return f"{REDIS_PREFIX}callbacks:{campaign_id}:built"
+
+
+# Callback ids already queued and announced (callback_due), scored by fired_at: makes the
+# publish after the claiming commit idempotent (a lost publish is redone, never doubled).
+KEY_CALLBACKS_PUBLISHED = f"{REDIS_PREFIX}callbacks:published"
+# When the sweep last looked for fired callbacks whose publish was lost (UTC epoch): the
+# next one looks back to there, so a worker down for a while misses none.
+KEY_CALLBACKS_RECONCILED = f"{REDIS_PREFIX}callbacks:reconciled"
