@@ -27,7 +27,7 @@ COLUMNS = [
 
 @click.group()
 def callbacks() -> None:
-    """Scheduled callbacks: list, show, cancel."""
+    """Scheduled callbacks: schedule (admin), list, show, cancel."""
 
 
 def _instant(value: str | None) -> datetime | None:
@@ -97,3 +97,60 @@ def callbacks_cancel(obj: Ctx, callback_id: int, reason: str, as_json: bool) -> 
 
     out = admin_cancel(obj.factory, callback_id, reason)
     emit(out, as_json, lambda: click.echo(f"callback {callback_id} cancelled"))
+
+
+@callbacks.command("schedule")
+@click.argument("contact")
+@click.option("--campaign", default=None, help="Campaign of CONTACT when it is an external key.")
+@click.option("--at", "when", required=True, help='"YYYY-MM-DD HH:MM" on the --tz wall clock.')
+@click.option("--tz", default=None, help="Time zone of --at (default: the contact's).")
+@click.option("--agent", "agent_id", default=None, help="Personal: routed to this agent only.")
+@click.option("--number", default=None, help="One of the contact's numbers (default: current).")
+@click.option("--new-number", default=None, help="A new number to call back on.")
+@click.option("--type", "new_number_type", default=None, help="Its type (mobile, work, home...).")
+@click.option("--from", "window_from", default=None, help="Reachability window From (HH:MM).")
+@click.option("--to", "window_to", default=None, help="Reachability window To (HH:MM).")
+@json_option
+@click.pass_obj
+@errors
+def callbacks_schedule(
+    obj: Ctx,
+    contact: str,
+    campaign: str | None,
+    when: str,
+    tz: str | None,
+    agent_id: str | None,
+    number: str | None,
+    new_number: str | None,
+    new_number_type: str | None,
+    window_from: str | None,
+    window_to: str | None,
+    as_json: bool,
+) -> None:
+    """Schedule a callback for CONTACT (id or external key), personal or pooled."""
+    from .callbacks_admin import admin_schedule
+    from .compliance import find_contact
+
+    with obj.tx() as s:
+        out = admin_schedule(
+            s,
+            find_contact(s, contact, campaign),
+            when=when,
+            tz=tz,
+            agent_id=agent_id,
+            number=number,
+            new_number=new_number,
+            new_number_type=new_number_type,
+            window_from=window_from,
+            window_to=window_to,
+            region=obj.config.default_region,
+        )
+    cb = out["callback"]
+    emit(
+        out,
+        as_json,
+        lambda: click.echo(
+            f"callback {cb['id']} scheduled: {cb.get('due_local') or cb['due_at']}"
+            + "".join(f"\nnote: {n}" for n in out["notes"])
+        ),
+    )

@@ -500,3 +500,49 @@ def test_given_a_queued_callback_then_admin_cancel_takes_it(w: World) -> None:
     assert cb.admin_cancel(w.factory, row.id, "")["state"] == "cancelled"
     with w.factory() as s:
         assert cb.my_callbacks(s, agent) == []
+
+
+def test_given_a_contact_then_the_admin_schedules_a_callback_from_the_cli(
+    w: World, db_url: str
+) -> None:
+    agent = agent_in(w)
+    contact = w.contacts[0]
+    when = tomorrow()
+    # Bad input first: each refused with its reason, nothing written.
+    past = _invoke(db_url, "schedule", str(contact), "--at", "2020-01-01 10:00", "--tz", "UTC")
+    assert past.exit_code != 0 and "in the past" in past.output
+    stranger = _invoke(db_url, "schedule", str(contact), "--at", when, "--agent", "nobody")
+    assert stranger.exit_code != 0 and "not a member" in stranger.output
+    bad_number = _invoke(
+        db_url, "schedule", str(contact), "--at", when, "--new-number", "12", "--type", "mobile"
+    )
+    assert bad_number.exit_code != 0 and "number" in bad_number.output
+    with w.factory() as s:
+        assert cb.list_callbacks(s, w.campaign_id) == []
+    # Then a personal one to a new mobile number with a window: pending, the contact waits.
+    ok = _invoke(
+        db_url,
+        "schedule",
+        str(contact),
+        "--at",
+        when,
+        "--agent",
+        agent,
+        "--new-number",
+        "+491701234567",
+        "--type",
+        "mobile",
+        "--from",
+        "00:00",
+        "--to",
+        "23:59",
+        "--json",
+    )
+    assert ok.exit_code == 0, ok.output
+    made = json.loads(ok.output)["callback"]
+    assert (made["state"], made["personal"], made["agent_id"]) == ("pending", True, agent)
+    assert made["number"] == "+491701234567" and made["window"]
+    assert w.row(Contact, contact).state is ContactState.CALLBACK
+    # A second one for the same contact: refused (edit or cancel the first).
+    again = _invoke(db_url, "schedule", str(contact), "--at", when)
+    assert again.exit_code != 0 and "already waits for callback" in again.output
