@@ -266,6 +266,7 @@ async def _asterisk_checks(admin: AmiClient, w: dict[str, Any], attempts: list[C
             )
 
 
+@pytest.mark.slow  # the API's predictive test (tests/integration/api) shows this in CI
 @pytest.mark.asterisk
 async def test_given_warm_estimates_then_predictive_dials_ahead_and_every_person_is_served_or_abandoned(
     world: Callable[..., Any], admin_ami: AmiClient

@@ -252,6 +252,7 @@ async def test_given_three_wrong_pins_then_that_phone_is_locked_for_the_agent_no
     await _hangup(admin_ami, call3)
 
 
+@pytest.mark.slow  # the per-phone lockout above runs in CI; this one adds ~40 s of prompts
 async def test_given_wrong_pins_from_many_phones_then_the_agent_id_locks_at_the_global_count(
     sandbox: SandboxInfo, tmp_path: Path, admin_ami: AmiClient
 ) -> None:
