@@ -13,8 +13,9 @@ from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
 
-from outbound.model import make_engine, upgrade
+from outbound.model import make_engine, session_factory, upgrade
 
 PG_ADMIN_URL = os.environ.get(
     "OUTBOUND_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -62,3 +63,9 @@ def engine(db_url: str) -> Iterator[Engine]:
     upgrade(e)
     yield e
     e.dispose()
+
+
+@pytest.fixture
+def factory(engine: Engine) -> sessionmaker[Session]:
+    """A session factory on the migrated database, once on SQLite and once on PostgreSQL."""
+    return session_factory(engine)

@@ -27,8 +27,6 @@ from outbound.model import (
     Contact,
     ContactState,
     DialMode,
-    make_engine,
-    session_factory,
     transaction,
     utcnow,
 )
@@ -38,16 +36,6 @@ from tests.helpers.world import World, make_world
 REDIS_URL = "redis://127.0.0.1:6379/10"
 GRACE_S = 300
 NOW = utcnow()
-
-
-@pytest.fixture
-def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    from outbound.model import upgrade
-
-    e = make_engine(db_url)
-    upgrade(e)
-    yield session_factory(e)
-    e.dispose()
 
 
 @pytest.fixture

@@ -42,23 +42,12 @@ from outbound.model import (
     DialMode,
     PhoneNumber,
     PhoneType,
-    make_engine,
-    session_factory,
     transaction,
-    upgrade,
     utcnow,
 )
 from tests.integration.interaction.world import CALLER_IDS, World, connect, make, preview_and_dial
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
-
-
-@pytest.fixture
-def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    e = make_engine(db_url)
-    upgrade(e)
-    yield session_factory(e)
-    e.dispose()
 
 
 @pytest.fixture

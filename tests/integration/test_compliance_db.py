@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from outbound.campaigns.attempts import create_attempt, settle
@@ -27,7 +27,6 @@ from outbound.model import (
     ContactState,
     DialMode,
     DncEntry,
-    session_factory,
     transaction,
 )
 from tests.helpers.db import add_agent, add_contact
@@ -36,11 +35,6 @@ NOON = datetime(2026, 1, 15, 11, 0, tzinfo=UTC)  # 12:00 in Berlin
 NIGHT = datetime(2026, 1, 15, 22, 30, tzinfo=UTC)  # 23:30 in Berlin
 BERLIN = "Europe/Berlin"
 NUMBER = "+493055501234"
-
-
-@pytest.fixture
-def factory(engine: Engine) -> sessionmaker[Session]:
-    return session_factory(engine)
 
 
 def _contact(factory: sessionmaker[Session], number: str = NUMBER, **kw: object) -> int:

@@ -17,7 +17,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from ami_bridge.connection import AmiConnection
@@ -32,7 +31,6 @@ from outbound.model import (
     CallResult,
     Contact,
     ContactState,
-    session_factory,
     transaction,
     utcnow,
 )
@@ -42,11 +40,6 @@ from tests.helpers.db import add_agent, add_contact
 from tests.helpers.until import async_until
 
 TTL_S = 60.0
-
-
-@pytest.fixture
-def factory(engine: Engine) -> sessionmaker[Session]:
-    return session_factory(engine)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from outbound import contacts_store
 from outbound.contacts_import import import_contacts
-from outbound.model.db import make_engine, session_factory, transaction, upgrade
+from outbound.model.db import make_engine, transaction, upgrade
 from outbound.model.tables import Campaign, Contact, PhoneNumber
 from outbound.model.types import DialMode, PhoneType
 from tests.conftest import scratch_pg_database
@@ -34,11 +34,6 @@ def engine() -> Iterator[Engine]:
             yield eng
         finally:
             eng.dispose()
-
-
-@pytest.fixture
-def factory(engine: Engine) -> sessionmaker[Session]:
-    return session_factory(engine)
 
 
 @pytest.fixture

@@ -32,22 +32,11 @@ from outbound.errors import Conflict, Invalid, NotFound
 from outbound.model import (
     Agent,
     CampaignState,
-    make_engine,
-    session_factory,
     transaction,
-    upgrade,
 )
 from tests.helpers.db import add_agent
 
 REDIS_URL = "redis://127.0.0.1:6379/10"
-
-
-@pytest.fixture
-def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    e = make_engine(db_url)
-    upgrade(e)
-    yield session_factory(e)
-    e.dispose()
 
 
 class World:

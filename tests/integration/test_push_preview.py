@@ -35,10 +35,7 @@ from outbound.model import (
     CaseEvent,
     DialMode,
     DncEntry,
-    make_engine,
-    session_factory,
     transaction,
-    upgrade,
     utcnow,
 )
 from outbound.model.tables import Offer, OfferState
@@ -50,14 +47,6 @@ from tests.integration.test_dialer_progressive import world  # noqa: F401 (fixtu
 
 REDIS_URL = "redis://127.0.0.1:6379/10"
 TIMEOUT_S = 5  # the test campaign's push timeout
-
-
-@pytest.fixture
-def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    e = make_engine(db_url)
-    upgrade(e)
-    yield session_factory(e)
-    e.dispose()
 
 
 @pytest.fixture

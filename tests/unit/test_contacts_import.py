@@ -27,7 +27,7 @@ from outbound.contacts_import import (
     identity_key,
     import_contacts,
 )
-from outbound.model.db import make_engine, session_factory, transaction, upgrade
+from outbound.model.db import make_engine, transaction, upgrade
 from outbound.model.tables import Campaign, Contact, ContactList, PhoneNumber
 from outbound.model.types import ContactState, DialMode, PhoneType
 
@@ -41,11 +41,6 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     upgrade(eng)
     yield eng
     eng.dispose()
-
-
-@pytest.fixture
-def factory(engine: Engine) -> sessionmaker[Session]:
-    return session_factory(engine)
 
 
 @pytest.fixture

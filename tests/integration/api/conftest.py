@@ -19,8 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 
 from outbound.config import Config, load_config
-from outbound.model import Agent, AgentRole, DialMode, make_engine, session_factory, transaction
-from outbound.model import upgrade as migrate
+from outbound.model import Agent, AgentRole, DialMode, transaction
 from outbound.security import hash_secret
 from status_page.app import create_app
 from tests.helpers.world import World, make_world
@@ -101,14 +100,6 @@ def agent_with_password(w: World, role: AgentRole = AgentRole.AGENT, member: boo
         assert a is not None
         a.password_hash, a.role = hash_secret(PASSWORD), role
     return agent_id
-
-
-@pytest.fixture
-def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    e = make_engine(db_url)
-    migrate(e)
-    yield session_factory(e)
-    e.dispose()
 
 
 @pytest.fixture

@@ -11,19 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from outbound.model import (
     DialMode,
-    make_engine,
-    session_factory,
-    upgrade,
 )
 from tests.integration.interaction.world import CALLER_IDS, REDIS_URL, World, make
-
-
-@pytest.fixture
-def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    e = make_engine(db_url)
-    upgrade(e)
-    yield session_factory(e)
-    e.dispose()
 
 
 @pytest.fixture
