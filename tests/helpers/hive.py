@@ -33,7 +33,6 @@ from outbound import live, names
 from outbound.campaigns.interaction import mark_done
 from outbound.campaigns.treatments import treatment_for
 from outbound.commands import send_command
-from outbound.config import load_config
 from outbound.dial_queue import DialQueue
 from outbound.model import (
     AgentCampaign,
@@ -50,6 +49,7 @@ from outbound.model import (
 )
 from outbound.sandbox import SandboxInfo
 from tests.helpers.db import add_agent, add_contact
+from tests.helpers.stack import bridge_config
 from tests.helpers.until import async_until
 
 # Rescheduled, not pending: a READY contact whose next try is further away than this.
@@ -123,19 +123,12 @@ class Hive:
         """A Bridge with the dialer on, server `<prefix>-<name>`, running; its AMI through
         `ami_port` (a fault proxy) when given."""
         server = f"conc-{uuid.uuid4().hex[:6]}-{name}"
-        cfg = load_config(
-            env={},
-            cwd=self.tmp,
-            overrides={
-                "redis.url": self.redis_url,
-                "ami.port": str(ami_port or self.sandbox.ami_port),
-                "ami.username": self.sandbox.ami_user,
-                "ami.secret": self.sandbox.ami_secret,
-                "ami.ping_interval": "1",
-                "dialer.server": server,
-                "dialer.trunk": "Local/${NUMBER}@sim-contacts",
-                "dialer.ring_timeout": "15",
-            },
+        cfg = bridge_config(
+            self.sandbox,
+            self.tmp,
+            redis_url=self.redis_url,
+            ami_port=ami_port,
+            server=server,
         )
         bridge = Bridge(cfg, self.factory, aredis.Redis.from_url(self.redis_url), consumer=name)
         assert bridge.dialer is not None

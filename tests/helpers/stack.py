@@ -17,6 +17,7 @@ from agi_scripts.server import AgiServer
 from ami_bridge.connection import AmiConnection
 from ami_bridge.originator import Originator
 from ami_bridge.sessions import AgentSessions
+from outbound.config import Config, load_config
 from outbound.model import CallAttempt
 from outbound.sandbox import SandboxInfo
 from tests.helpers.ami import AmiClient, AmiError
@@ -62,3 +63,33 @@ async def conference_members(admin: AmiClient, conference: str) -> list[str]:
     except AmiError:
         return []
     return [e["Uniqueid"] for e in ev]
+
+
+def bridge_config(
+    sandbox: SandboxInfo,
+    tmp_path: Path,
+    *,
+    server: str,
+    redis_url: str,
+    database_url: str | None = None,
+    ring_timeout: int = 15,
+    ami_port: int | None = None,
+    **extra: str,
+) -> Config:
+    """The configuration of a Bridge (and the API) on the sandbox: the dialer's AMI account,
+    the simulated contacts as trunk, pings every second; `extra` as `section.key` values
+    (dots written as `__`: web__command_timeout="20")."""
+    overrides = {
+        "redis.url": redis_url,
+        "ami.port": str(ami_port or sandbox.ami_port),
+        "ami.username": sandbox.ami_user,
+        "ami.secret": sandbox.ami_secret,
+        "ami.ping_interval": "1",
+        "dialer.server": server,
+        "dialer.trunk": TRUNK,
+        "dialer.ring_timeout": str(ring_timeout),
+        **{k.replace("__", "."): v for k, v in extra.items()},
+    }
+    if database_url is not None:
+        overrides["database.url"] = database_url
+    return load_config(env={}, cwd=tmp_path, overrides=overrides)

@@ -27,7 +27,6 @@ from agi_scripts.routes import register
 from agi_scripts.server import AgiServer
 from ami_bridge.service import Bridge, health_key
 from outbound import names
-from outbound.config import load_config
 from outbound.model import (
     Agent,
     AgentCampaign,
@@ -51,6 +50,7 @@ from tests.helpers.ami import AmiClient
 from tests.helpers.callbacks import private_redis
 from tests.helpers.celery_procs import Scheduler
 from tests.helpers.db import add_agent, add_contact
+from tests.helpers.stack import bridge_config
 from tests.helpers.until import async_until
 
 pytestmark = pytest.mark.asterisk
@@ -91,21 +91,13 @@ async def stack(sandbox: SandboxInfo, tmp_path: Path, pg_url: str) -> AsyncItera
             s.add(AgentCampaign(agent_id=a, campaign_id=cid))
     with private_redis() as redis_url:
         server = f"cb-{uuid.uuid4().hex[:6]}"
-        cfg = load_config(
-            env={},
-            cwd=tmp_path,
-            overrides={
-                "database.url": pg_url,
-                "redis.url": redis_url,
-                "ami.port": str(sandbox.ami_port),
-                "ami.username": sandbox.ami_user,
-                "ami.secret": sandbox.ami_secret,
-                "ami.ping_interval": "1",
-                "dialer.server": server,
-                "dialer.trunk": "Local/${NUMBER}@sim-contacts",
-                "dialer.ring_timeout": "15",
-                "web.command_timeout": "20",
-            },
+        cfg = bridge_config(
+            sandbox,
+            tmp_path,
+            database_url=pg_url,
+            redis_url=redis_url,
+            server=server,
+            web__command_timeout="20",
         )
         agi = AgiServer("127.0.0.1", sandbox.agi_port, header_timeout=5, answer_timeout=30)
         agi_redis = aredis.Redis.from_url(redis_url)

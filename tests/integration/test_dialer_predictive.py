@@ -28,7 +28,6 @@ from ami_bridge.service import Bridge, health_key
 from outbound import live, names, pacing
 from outbound.campaigns.interaction import mark_done
 from outbound.commands import send_command
-from outbound.config import load_config
 from outbound.dial_queue import DialQueue
 from outbound.model import (
     AgentCampaign,
@@ -47,6 +46,7 @@ from outbound.model import (
 from outbound.sandbox import SandboxInfo
 from tests.helpers.ami import AmiClient
 from tests.helpers.db import add_agent, add_contact, migrated_factory
+from tests.helpers.stack import bridge_config
 from tests.helpers.until import async_until
 
 REDIS_URL = "redis://127.0.0.1:6379/7"
@@ -135,19 +135,12 @@ async def world(sandbox: SandboxInfo, tmp_path: Path) -> AsyncIterator[Callable[
         numbers = [_number(d) for d in DIGITS]
         contacts = {n: add_contact(factory, n, campaign=f"pred-{cid}") for n in numbers}
         server = f"pred-{uuid.uuid4().hex[:6]}"
-        cfg = load_config(
-            env={},
-            cwd=tmp_path,
-            overrides={
-                "redis.url": REDIS_URL,
-                "ami.port": str(sandbox.ami_port),
-                "ami.username": sandbox.ami_user,
-                "ami.secret": sandbox.ami_secret,
-                "ami.ping_interval": "1",
-                "dialer.server": server,
-                "dialer.trunk": "Local/${NUMBER}@sim-contacts",
-                "dialer.ring_timeout": "10",
-            },
+        cfg = bridge_config(
+            sandbox,
+            tmp_path,
+            redis_url=REDIS_URL,
+            server=server,
+            ring_timeout=10,
         )
         agi = AgiServer("127.0.0.1", sandbox.agi_port, header_timeout=5, answer_timeout=30)
         ar = aredis.Redis.from_url(REDIS_URL)

@@ -30,7 +30,6 @@ from ami_bridge.service import Bridge, health_key
 from outbound import live, names
 from outbound.campaigns.attempts import advance, create_attempt, settle
 from outbound.commands import send_command
-from outbound.config import load_config
 from outbound.dial_queue import DialQueue
 from outbound.model import (
     AgentCampaign,
@@ -49,6 +48,7 @@ from outbound.model import (
 from outbound.sandbox import SandboxInfo
 from tests.helpers.ami import AmiClient
 from tests.helpers.db import DAYTIME, add_agent, add_contact, migrated_factory
+from tests.helpers.stack import bridge_config
 from tests.helpers.until import async_until
 
 REDIS_URL = "redis://127.0.0.1:6379/7"
@@ -104,20 +104,12 @@ async def world(
         for k, n in numbers.items()
     }
     server = f"prog-{uuid.uuid4().hex[:6]}"
-    cfg = load_config(
-        env={},
-        cwd=tmp_path,
-        overrides={
-            "database.url": f"sqlite:///{tmp_path / 'p.db'}",
-            "redis.url": REDIS_URL,
-            "ami.port": str(sandbox.ami_port),
-            "ami.username": sandbox.ami_user,
-            "ami.secret": sandbox.ami_secret,
-            "ami.ping_interval": "1",
-            "dialer.server": server,
-            "dialer.trunk": "Local/${NUMBER}@sim-contacts",
-            "dialer.ring_timeout": "15",
-        },
+    cfg = bridge_config(
+        sandbox,
+        tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'p.db'}",
+        redis_url=REDIS_URL,
+        server=server,
     )
     agi = AgiServer("127.0.0.1", sandbox.agi_port, header_timeout=5, answer_timeout=30)
     register(agi, factory)

@@ -29,7 +29,6 @@ from agi_scripts.routes import register
 from agi_scripts.server import AgiServer
 from ami_bridge.service import Bridge, health_key
 from outbound import live, names
-from outbound.config import load_config
 from outbound.dial_queue import DialQueue
 from outbound.model import (
     Agent,
@@ -46,6 +45,7 @@ from outbound.security import hash_secret
 from status_page.app import create_app
 from tests.helpers.ami import AmiClient
 from tests.helpers.db import DAYTIME, add_agent, add_contact, migrated_factory
+from tests.helpers.stack import bridge_config
 from tests.helpers.until import async_until
 
 from .conftest import PASSWORD, Person
@@ -226,23 +226,16 @@ async def running(
         for k, n in numbers.items()
     }
     server = f"modes-{uuid.uuid4().hex[:6]}"
-    cfg = load_config(
-        env={},
-        cwd=tmp_path,
-        overrides={
-            "database.url": f"sqlite:///{tmp_path / 'modes.db'}",
-            "redis.url": REDIS_URL,
-            "ami.port": str(sandbox.ami_port),
-            "ami.username": sandbox.ami_user,
-            "ami.secret": sandbox.ami_secret,
-            "ami.ping_interval": "1",
-            "dialer.server": server,
-            "dialer.trunk": "Local/${NUMBER}@sim-contacts",
-            "dialer.ring_timeout": str(ring_timeout),
-            "web.command_timeout": "20",
-            "web.sse_max": "1",
-            "web.sse_heartbeat": "0.3",
-        },
+    cfg = bridge_config(
+        sandbox,
+        tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'modes.db'}",
+        redis_url=REDIS_URL,
+        server=server,
+        ring_timeout=ring_timeout,
+        web__command_timeout="20",
+        web__sse_max="1",
+        web__sse_heartbeat="0.3",
     )
     r = redis.Redis.from_url(REDIS_URL)
     agi_redis = aredis.Redis.from_url(REDIS_URL)

@@ -22,7 +22,6 @@ from sqlalchemy import select
 
 from ami_bridge.service import Bridge, health_key
 from outbound import live, names
-from outbound.config import load_config
 from outbound.dial_queue import DialQueue
 from outbound.model import (
     Agent,
@@ -41,6 +40,7 @@ from outbound.security import hash_secret
 from status_page.app import create_app
 from tests.helpers.ami import AmiClient
 from tests.helpers.db import add_agent, add_contact, migrated_factory
+from tests.helpers.stack import bridge_config
 from tests.helpers.until import async_until
 
 from .conftest import PASSWORD, REDIS_URL
@@ -68,22 +68,14 @@ async def stack(sandbox: SandboxInfo, tmp_path: Path) -> AsyncIterator[dict[str,
         campaign_id = s.scalars(select(Campaign.id).where(Campaign.name == name)).one()
         s.add(AgentCampaign(agent_id=agent, campaign_id=campaign_id))
     server = f"api-{uuid.uuid4().hex[:6]}"
-    cfg = load_config(
-        env={},
-        cwd=tmp_path,
-        overrides={
-            "database.url": f"sqlite:///{tmp_path / 'api.db'}",
-            "redis.url": REDIS_URL,
-            "ami.port": str(sandbox.ami_port),
-            "ami.username": sandbox.ami_user,
-            "ami.secret": sandbox.ami_secret,
-            "ami.ping_interval": "1",
-            "dialer.server": server,
-            "dialer.trunk": "Local/${NUMBER}@sim-contacts",
-            "dialer.ring_timeout": "15",
-            "web.command_timeout": "20",
-            "web.sse_max": "1",
-        },
+    cfg = bridge_config(
+        sandbox,
+        tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'api.db'}",
+        redis_url=REDIS_URL,
+        server=server,
+        web__command_timeout="20",
+        web__sse_max="1",
     )
     r = redis.Redis.from_url(REDIS_URL)
     queue = DialQueue(r, campaign_id)
