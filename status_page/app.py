@@ -16,7 +16,7 @@ from starlette.routing import Route
 from outbound.config import Config
 from outbound.model import make_engine, session_factory
 
-from . import admin, agent, callbacks, calls, events
+from . import admin, agent, callbacks, calls, dashboard, events
 from .auth import LoginPolicy, Sessions
 from .context import Ctx, async_twin
 from .http import Call, endpoint
@@ -174,6 +174,9 @@ def _routes() -> list[Api]:
             "Why is this record (not) dialing: every compliance rule", auth="supervisor",
             query={"campaign": Field(max_len=100, pattern=r"[^\x00-\x1f\x7f]{1,100}")},
             errors=(404,)),
+        Api("GET", "/api/admin/dashboard", dashboard.api,
+            "Supervisor dashboard: agents, calls in progress, queue depth, answer and abandon "
+            "rates per campaign, callbacks due in the next hour", auth="supervisor"),
     ]  # fmt: skip
     return out
 
@@ -223,6 +226,7 @@ def create_app(
     app.add_exception_handler(404, not_found)
     app.add_exception_handler(405, not_found)
     app.add_exception_handler(Exception, internal)
+    app.add_middleware(dashboard.SupervisorPage, ctx=ctx)  # GET /supervisor (not in the API)
     return app
 
 
