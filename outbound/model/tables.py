@@ -214,6 +214,9 @@ class CallAttempt(Base):
     __table_args__ = (
         UniqueConstraint("contact_id", "attempt_no"),
         Index("ix_call_attempts_campaign_created", "campaign_id", "created_at"),
+        # Is this agent free (a live call, a call waiting for its disposition)? Asked
+        # every tick by every dial mode and by the dashboard.
+        Index("ix_call_attempts_agent_state", "agent_id", "state"),
         # At most one live attempt per contact, enforced by the database itself.
         Index(
             "uq_call_attempts_live_contact",
