@@ -122,6 +122,23 @@ def run_agi(obj: Ctx) -> None:
     asyncio.run(go())
 
 
+@run.command("web")
+@click.pass_obj
+@errors
+def run_web(obj: Ctx) -> None:
+    """The status page: the agent page at / and the JSON API, with uvicorn on [web] host
+    and port (loopback by default; put a TLS proxy in front for anything else)."""
+    import logging
+
+    from status_page.app import serve
+
+    logging.basicConfig(
+        level=obj.config.get("log", "level"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    serve(obj.config)
+
+
 _CELERY_ARGS = {"ignore_unknown_options": True, "allow_extra_args": True}
 # One process, one sweep at a time; no gossip/mingle/heartbeat: their fanout bindings
 # vanish with a FLUSHALL and the scheduler needs none of them.

@@ -213,6 +213,7 @@ def create_app(
     routes = [Route(a.path, endpoint(ctx, a), methods=[a.method]) for a in ROUTES]
     app = Starlette(routes=routes)
     app.state.ctx = ctx
+    app.add_middleware(__import__("status_page.pages").pages.PageLayer, ctx=ctx)  # GET /, /static
 
     async def not_found(request: Any, exc: Any) -> JSONResponse:
         status = getattr(exc, "status_code", 404)
