@@ -16,7 +16,7 @@ from starlette.routing import Route
 from outbound.config import Config
 from outbound.model import make_engine, session_factory
 
-from . import admin, agent, callbacks, calls, dashboard, events
+from . import admin, agent, callbacks, calls, dashboard, events, pages
 from .auth import LoginPolicy, Sessions
 from .context import Ctx, async_twin
 from .http import Call, endpoint
@@ -213,7 +213,7 @@ def create_app(
     routes = [Route(a.path, endpoint(ctx, a), methods=[a.method]) for a in ROUTES]
     app = Starlette(routes=routes)
     app.state.ctx = ctx
-    app.add_middleware(__import__("status_page.pages").pages.PageLayer, ctx=ctx)  # GET /, /static
+    app.add_middleware(pages.PageLayer, ctx=ctx)  # GET /, /static (not in the API)
 
     async def not_found(request: Any, exc: Any) -> JSONResponse:
         status = getattr(exc, "status_code", 404)

@@ -1,5 +1,5 @@
 // Supervisor dashboard: polls GET /api/admin/dashboard every refresh-s seconds (2 s) and
-// redraws the four tables. Every value goes in with textContent, never innerHTML. A poll
+// redraws the four tables. Every value goes in with textContent, never as markup. A poll
 // starts only after the previous one ended, and none runs while the tab is hidden.
 "use strict";
 
