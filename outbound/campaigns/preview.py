@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -57,6 +57,9 @@ log = logging.getLogger("outbound.preview")
 
 PREVIEW_LEASE_S = 900.0  # how long a previewed record is held before it goes back on top
 MAX_SKIPS = 25  # records looked at (and put back) in one "get record" before giving up
+# A pushed record the agent rejected goes to other agents first: it is not offered to that
+# agent again for this long (it stays first in line for everyone else).
+REJECT_COOLDOWN_S = 600
 DECLINE_CHOICES = ("later", "dnc")
 
 
@@ -244,6 +247,18 @@ def _offer(
         )
         if cb is not None and cb.personal and cb.agent_id not in (None, agent_id):
             return _Skip("keep")
+        rejected = s.scalar(
+            select(Offer.id)
+            .where(
+                Offer.contact_id == contact_id,
+                Offer.agent_id == agent_id,
+                Offer.state == OfferState.REJECTED,
+                Offer.closed_at >= now - timedelta(seconds=REJECT_COOLDOWN_S),
+            )
+            .limit(1)
+        )
+        if rejected is not None:
+            return _Skip("keep")  # this agent just rejected it: someone else's turn
         stale = s.scalar(
             select(Offer).where(Offer.contact_id == contact_id, Offer.state == OfferState.OPEN)
         )

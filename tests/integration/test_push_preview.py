@@ -146,6 +146,20 @@ def test_given_a_pushed_record_when_rejected_then_it_is_first_in_the_queue(w: Wo
         dial(w.factory, w.queue, got["offer_id"], agent)
 
 
+def test_given_a_rejected_record_then_the_next_push_to_that_agent_is_another_record(
+    w: World,
+) -> None:
+    a, b = w.agent(), w.agent()
+    got = push.push_offer(w.factory, w.queue, a, w.campaign_id)
+    push.reject(w.factory, w.queue, got["offer_id"], a)
+    # A is offered the next record; the rejected one waits on top for someone else.
+    again = push.push_offer(w.factory, w.queue, a, w.campaign_id)
+    assert again["contact_id"] == w.contacts[1]
+    assert w.first() == w.contacts[0]
+    other = push.push_offer(w.factory, w.queue, b, w.campaign_id)
+    assert other["contact_id"] == w.contacts[0]
+
+
 def test_given_no_action_when_the_push_timeout_passes_then_the_record_is_back_on_top(
     w: World,
 ) -> None:
