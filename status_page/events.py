@@ -4,7 +4,8 @@ stream (`names.KEY_EVENTS`) and their notifications (their inbox stream), live.
 An event is the agent's when it names them (`agent_id`) or one of their calls: the
 bridge's call progress events (ringing, answered, connected, ended) carry only the
 attempt id, so the attempts of the agent are learned from the events that name both (and
-read from the database at connection time for calls already under way).
+read from the database at connection time for calls already under way). A pooled
+callback that comes due (`callback_due` without an agent) is every member's news.
 
 Each message's id is "<events stream id>,<inbox stream id>": a browser reconnecting with
 Last-Event-ID continues from both positions and misses nothing Redis still holds. A
@@ -23,7 +24,7 @@ from sqlalchemy import select
 from starlette.responses import StreamingResponse
 
 from outbound import names
-from outbound.model import AttemptState, CallAttempt
+from outbound.model import AgentCampaign, AttemptState, CallAttempt
 
 from .context import ApiError
 from .http import Call
@@ -46,6 +47,16 @@ def _live_attempts(c: Call) -> set[str]:
                 )
             )
         )
+
+
+def _campaign_ids(c: Call) -> set[str]:
+    with c.ctx.factory() as s:
+        return {
+            str(i)
+            for i in s.scalars(
+                select(AgentCampaign.campaign_id).where(AgentCampaign.agent_id == c.me)
+            )
+        }
 
 
 async def _last_id(c: Call, key: str) -> str:
@@ -87,6 +98,7 @@ async def events(c: Call) -> Any:
     else:
         pos = {k: await _last_id(c, k) for k in keys}
     mine = await c.ctx.blocking(_live_attempts, c)
+    member_of = await c.ctx.blocking(_campaign_ids, c)
     end = time.monotonic() + float(c.ctx.web("sse_max"))
     beat = float(c.ctx.web("sse_heartbeat"))
 
@@ -110,7 +122,12 @@ async def events(c: Call) -> Any:
                     aid = f.get("attempt_id", "")
                     if f.get("agent_id") == c.me and aid:
                         mine.add(aid)
-                    if f.get("agent_id") == c.me or (aid and aid in mine):
+                    pooled = (
+                        f.get("event") == "callback_due"
+                        and not f.get("agent_id")
+                        and f.get("campaign_id") in member_of
+                    )
+                    if f.get("agent_id") == c.me or (aid and aid in mine) or pooled:
                         yield _message(pos, keys, f.get("event", "event"), {"id": pos[key], **f})
                         sent = time.monotonic()
             if time.monotonic() - sent >= beat:

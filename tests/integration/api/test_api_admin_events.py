@@ -115,6 +115,12 @@ async def test_given_events_then_the_stream_carries_only_the_agents_own(
     )
     r.xadd(names.KEY_EVENTS, {"event": "call_connected", "attempt_id": "att-1"})
     r.xadd(names.KEY_EVENTS, {"event": "call_connected", "attempt_id": "att-2"})
+    # A pooled callback of the agent's campaign is theirs; another campaign's, or another
+    # agent's personal one, is not.
+    cid = str(w.campaign_id)
+    r.xadd(names.KEY_EVENTS, {"event": "callback_due", "campaign_id": cid, "callback_id": "7"})
+    r.xadd(names.KEY_EVENTS, {"event": "callback_due", "campaign_id": "999999999"})
+    r.xadd(names.KEY_EVENTS, {"event": "callback_due", "campaign_id": cid, "agent_id": other})
     r.xadd(
         names.key_agent_inbox(a.agent_id),
         {"kind": "campaign_loaded", "campaign_id": str(w.campaign_id), "actions": '["join"]'},
@@ -129,8 +135,10 @@ async def test_given_events_then_the_stream_carries_only_the_agents_own(
         ("agent_ready", None),
         ("call_connecting", "att-1"),
         ("call_connected", "att-1"),
+        ("callback_due", None),
         ("notification", "campaign_loaded"),
     ]
+    assert [m["data"].get("callback_id") for m in events if m["event"] == "callback_due"] == ["7"]
     assert all(m["data"].get("agent_id") in (None, a.agent_id) for m in events)
     assert any(m.get("comment") == "heartbeat" for m in msgs)  # sse_max 1 s, beat 0.3 s
     # Reconnecting from the last id gives nothing old again, and then what is new.
