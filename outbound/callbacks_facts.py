@@ -15,8 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from .campaigns.treatments import treatment_for
-from .compliance import ABANDON_WINDOW, Facts
+from .compliance import ABANDON_WINDOW, Facts, facts_of
 from .model import (
     AttemptState,
     CallAttempt,
@@ -117,29 +116,11 @@ def _facts(
     due: dict[int, datetime],
     live: dict[int, str],
 ) -> Facts:
-    max_attempts = camp.max_attempts
-    if contact.last_result is not None:
-        t = treatment_for(camp.treatments, contact.last_result.value)
-        max_attempts = int(t.get("max_attempts", max_attempts))
-    scopes = dnc.get(e164 or "", set())
-    lists = tuple(
-        name for name, hit in (("global", None in scopes), ("campaign", camp.id in scopes)) if hit
-    )
-    return Facts(
-        contact_id=contact.id,
-        external_key=contact.external_key,
-        campaign_name=camp.name,
-        campaign_state=camp.state,
-        calling_hours_start=camp.calling_hours_start,
-        calling_hours_end=camp.calling_hours_end,
-        contact_state=contact.state,
-        timezone=contact.timezone,
-        attempts=contact.attempts,
-        max_attempts=max_attempts,
-        e164=e164,
-        next_at=contact.next_at,
-        last_result=contact.last_result,
-        dnc=lists,
+    return facts_of(
+        contact,
+        camp,
+        e164,
+        dnc_scopes=dnc.get(e164 or "", set()),
         abandoned_at=abandoned.get(e164) if e164 else None,
         callback_due=due.get(contact.id),
         live_attempt=live.get(contact.id),

@@ -402,11 +402,7 @@ def load_facts(
     assert campaign is not None
     if e164 is None and contact.numbers:
         e164 = contact.numbers[min(contact.number_index, len(contact.numbers) - 1)].e164
-    max_attempts = campaign.max_attempts
-    if contact.last_result is not None:
-        t = treatment_for(campaign.treatments, contact.last_result.value)
-        max_attempts = int(t.get("max_attempts", max_attempts))
-    dnc: tuple[str, ...] = ()
+    scopes: set[int | None] = set()
     abandoned_at = None
     if e164:
         scopes = set(
@@ -416,11 +412,6 @@ def load_facts(
                     (DncEntry.campaign_id.is_(None)) | (DncEntry.campaign_id == campaign.id),
                 )
             ).all()
-        )
-        dnc = tuple(
-            name
-            for name, hit in (("global", None in scopes), ("campaign", campaign.id in scopes))
-            if hit
         )
         # Any campaign's abandoned call counts: the rule protects the person, not a list.
         rows = s.execute(
@@ -449,6 +440,44 @@ def load_facts(
     )
     if agent_reserved is None:
         agent_reserved = campaign.mode is not DialMode.PREDICTIVE
+    return facts_of(
+        contact,
+        campaign,
+        e164,
+        dnc_scopes=scopes,
+        abandoned_at=abandoned_at,
+        callback_due=callback_due,
+        live_attempt=live,
+        lease=lease,
+        agent_reserved=agent_reserved,
+    )
+
+
+def facts_of(
+    contact: Contact,
+    campaign: Campaign,
+    e164: str | None,
+    *,
+    dnc_scopes: set[int | None],
+    abandoned_at: datetime | None,
+    callback_due: datetime | None,
+    live_attempt: str | None,
+    lease: Any,
+    agent_reserved: bool,
+) -> Facts:
+    """The Facts of a contact from what was read about it (one record here, or a batch:
+    outbound.callbacks_facts): the attempts its last result's treatment allows, and
+    which do-not-call lists (`dnc_scopes`: None for the global one, campaign ids) hold
+    its number."""
+    max_attempts = campaign.max_attempts
+    if contact.last_result is not None:
+        t = treatment_for(campaign.treatments, contact.last_result.value)
+        max_attempts = int(t.get("max_attempts", max_attempts))
+    dnc = tuple(
+        name
+        for name, hit in (("global", None in dnc_scopes), ("campaign", campaign.id in dnc_scopes))
+        if hit
+    )
     return Facts(
         contact_id=contact.id,
         external_key=contact.external_key,
@@ -466,7 +495,7 @@ def load_facts(
         dnc=dnc,
         abandoned_at=abandoned_at,
         callback_due=callback_due,
-        live_attempt=live,
+        live_attempt=live_attempt,
         lease=lease,
         agent_reserved=agent_reserved,
     )
