@@ -47,6 +47,7 @@ from outbound.sandbox import SandboxInfo
 from outbound.security import hash_secret
 from status_page.app import create_app
 from tests.helpers.ami import AmiClient
+from tests.helpers.api_agent import phone_login, set_ready
 from tests.helpers.callbacks import private_redis
 from tests.helpers.celery_procs import Scheduler
 from tests.helpers.db import add_agent, add_contact
@@ -138,19 +139,6 @@ async def stack(sandbox: SandboxInfo, tmp_path: Path, pg_url: str) -> AsyncItera
             engine.dispose()
 
 
-async def _agent(c: httpx.AsyncClient, agent: str) -> dict[str, str]:
-    got = await c.post("/api/login", json={"agent_id": agent, "password": PASSWORD})
-    assert got.status_code == 200, got.text
-    h = {"X-CSRF-Token": got.json()["csrf_token"]}
-    assert (await c.post("/api/agent/session", headers=h)).status_code == 200
-    return h
-
-
-async def _ready(c: httpx.AsyncClient, h: dict[str, str], ready: bool) -> None:
-    got = await c.post("/api/agent/ready", json={"channel": "voice", "ready": ready}, headers=h)
-    assert got.status_code == 200, got.text
-
-
 async def _shown(c: httpx.AsyncClient, timeout: float) -> dict[str, Any]:
     async def offer() -> dict[str, Any] | None:
         ix = (await c.get("/api/interaction")).json().get("interaction")
@@ -164,8 +152,8 @@ async def test_given_a_personal_callback_then_it_fires_once_goes_to_the_pool_aft
 ) -> None:
     f, r = stack["f"], stack["r"]
     (ca, cb), (a, b) = stack["clients"], stack["agents"]
-    ha = await _agent(ca, a)
-    await _ready(ca, ha, True)
+    ha = await phone_login(ca, a, PASSWORD)
+    await set_ready(ca, ha, True)
 
     # The progressive dialer connects the contact to A.
     def attempts() -> list[CallAttempt]:
@@ -209,9 +197,9 @@ async def test_given_a_personal_callback_then_it_fires_once_goes_to_the_pool_aft
     assert done.json()["contact_state"] == ContactState.CALLBACK.value
     # A is Not Ready when it comes due; B is Ready. (The test brings the due time closer
     # than the API's minute resolution allows, to keep the run short.)
-    await _ready(ca, ha, False)
-    hb = await _agent(cb, b)
-    await _ready(cb, hb, True)
+    await set_ready(ca, ha, False)
+    hb = await phone_login(cb, b, PASSWORD)
+    await set_ready(cb, hb, True)
     with transaction(f) as s:
         row = s.get(Callback, cb_id)
         assert row is not None and row.state is CallbackState.PENDING
@@ -236,7 +224,7 @@ async def test_given_a_personal_callback_then_it_fires_once_goes_to_the_pool_aft
     # B rejects: back to routing; A is Ready again and gets it (its own agent).
     rej = await cb.post(f"/api/offers/{shown_b['offer_id']}/reject", headers=hb)
     assert rej.status_code == 200, rej.text
-    await _ready(ca, ha, True)
+    await set_ready(ca, ha, True)
     shown_a = await _shown(ca, 15)
     assert shown_a["origin"] == "Personal callback"
     acc = await ca.post(f"/api/offers/{shown_a['offer_id']}/accept", json={}, headers=ha)

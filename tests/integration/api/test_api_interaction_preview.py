@@ -36,6 +36,7 @@ from outbound.sandbox import SandboxInfo
 from outbound.security import hash_secret
 from status_page.app import create_app
 from tests.helpers.ami import AmiClient
+from tests.helpers.api_agent import phone_login, set_ready
 from tests.helpers.db import add_agent, add_contact, migrated_factory
 from tests.helpers.stack import bridge_config
 from tests.helpers.until import async_until
@@ -120,20 +121,6 @@ async def stack(sandbox: SandboxInfo, tmp_path: Path) -> AsyncIterator[dict[str,
         r.close()
 
 
-async def _login(c: httpx.AsyncClient, agent: str) -> dict[str, str]:
-    """Web log-in, desk phone into the conference, Ready on the voice channel."""
-    got = await c.post("/api/login", json={"agent_id": agent, "password": PASSWORD})
-    assert got.status_code == 200, got.text
-    h = {"X-CSRF-Token": got.json()["csrf_token"]}
-    assert (await c.post("/api/agent/session", headers=h)).status_code == 200
-    return h
-
-
-async def _ready(c: httpx.AsyncClient, h: dict[str, str], ready: bool) -> None:
-    got = await c.post("/api/agent/ready", json={"channel": "voice", "ready": ready}, headers=h)
-    assert got.status_code == 200, got.text
-
-
 async def _offer(c: httpx.AsyncClient, not_id: int | None = None) -> dict[str, Any]:
     """Wait until the agent's interaction is a pushed record (another than `not_id`)."""
 
@@ -156,22 +143,22 @@ async def test_given_an_interaction_preview_then_reject_and_timeout_requeue_and_
 ) -> None:
     f, r, number, contact = stack["factory"], stack["r"], stack["number"], stack["contact"]
     (ca, cb), (a, b) = stack["clients"], stack["agents"]
-    ha, hb = await _login(ca, a), await _login(cb, b)
+    ha, hb = await phone_login(ca, a, PASSWORD), await phone_login(cb, b, PASSWORD)
 
     # A is Ready: the record is pushed to A, nothing is dialed.
-    await _ready(ca, ha, True)
+    await set_ready(ca, ha, True)
     first = await _offer(ca)
     assert first["case"]["contact"]["id"] == contact
     oid = first["case"]["offer_id"]
     # A goes Not Ready and rejects: the record is back at the top of the list.
-    await _ready(ca, ha, False)
+    await set_ready(ca, ha, False)
     rej = await ca.post(f"/api/offers/{oid}/reject", headers=ha)
     assert rej.status_code == 200, rej.text
     top = DialQueue(r, stack["campaign_id"]).peek(1)
     assert [(e.contact_id, e.section) for e in top] == [(contact, "top")]
 
     # B is Ready: the record is pushed to B, who lets it time out: back on top, pushed again.
-    await _ready(cb, hb, True)
+    await set_ready(cb, hb, True)
     second = await _offer(cb)
     assert second["case"]["contact"]["id"] == contact
     third = await _offer(cb, not_id=second["case"]["offer_id"])
