@@ -38,7 +38,11 @@ async def test_given_a_human_greeting_and_a_reserved_agent_then_connected_to_the
     cid = add_contact(stack["factory"], number)
     aid = await stack["originator"].dial(cid, agent_id=agent)
     conf = names.agent_bridge(agent)
-    await async_until(lambda: _has(admin_ami, conf, aid), 15, message="human not connected")
+    try:
+        await async_until(lambda: _has(admin_ami, conf, aid), 15, message="human not connected")
+    except AssertionError as exc:  # say what our side saw: AMD's verdict, the route
+        a = attempt_row(stack["factory"], aid)
+        raise AssertionError(f"{exc}; attempt: {a.state} {a.amd_status} {a.audit}") from None
     await async_until(lambda: attempt_row(stack["factory"], aid).state is AttemptState.CONNECTED, 5)
     # The verdict is written after the AGI let the call go on: wait for it.
     a = await async_until(
