@@ -38,6 +38,12 @@ def health_key(server: str) -> str:
     return f"{names.REDIS_PREFIX}health:bridge:{server}"
 
 
+# Every bridge's last heartbeat (field: server, value: the health record): unlike the
+# expiring health key, a dead bridge's entry stays, so /healthz and /metrics can say it is
+# gone; a bridge that stops cleanly removes its own. (Belongs in outbound/names.py.)
+HEARTBEATS_KEY = f"{names.REDIS_PREFIX}health:bridges"
+
+
 def live_key(server: str) -> str:
     """The snapshot of Asterisk's channels, bridges and conferences at the last resync."""
     return f"{names.REDIS_PREFIX}live:{server}"
@@ -112,6 +118,7 @@ class Bridge:
         }.items():
             self.commands.register(kind, handler)
         self._stop = asyncio.Event()
+        self._serving = False  # past the AMI rights check: the health key is published
         self._pending_events: set[asyncio.Task[None]] = set()
         self.created_ttl_s = CREATED_TTL_S  # unclaimed preview attempts end after this
         self.expiry_every_s = EXPIRY_EVERY_S
@@ -332,9 +339,17 @@ class Bridge:
                 "last_error": self.ami.last_error,
                 "connects": self.ami.connects,
                 "ts": time.time(),
+                # Seconds since Asterisk last answered a Ping (None: not yet).
+                "pong_age": (
+                    round(time.monotonic() - self.ami.last_pong, 3) if self.ami.last_pong else None
+                ),
             }
             try:
-                await self.redis.set(health_key(self.server), json.dumps(rec), ex=HEALTH_TTL_S)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    if self._serving:
+                        pipe.set(health_key(self.server), json.dumps(rec), ex=HEALTH_TTL_S)
+                    pipe.hset(HEARTBEATS_KEY, self.server, json.dumps(rec))
+                    await pipe.execute()
             except Exception as exc:  # Redis down: keep running, the record expires
                 log.warning("cannot publish health: %s", exc)
             try:
@@ -360,11 +375,19 @@ class Bridge:
 
     async def run(self, ready_timeout: float = 30) -> None:
         self.originator.start()
-        await self.ami.start(wait=ready_timeout)
-        await ensure_least_privilege(self.ami)
+        # The heartbeat starts before AMI is up, so a bridge that cannot reach Asterisk
+        # says so; the health key (what "the bridge is running" means) only once it runs.
+        health = asyncio.ensure_future(self._health_loop())
+        try:
+            await self.ami.start(wait=ready_timeout)
+            await ensure_least_privilege(self.ami)
+        except BaseException:
+            health.cancel()
+            raise
+        self._serving = True
         tasks = [
             asyncio.ensure_future(self.commands.run()),
-            asyncio.ensure_future(self._health_loop()),
+            health,
             asyncio.ensure_future(self._expiry_loop()),
         ]
         if self.dialer is not None:
@@ -378,6 +401,10 @@ class Bridge:
                 t.cancel()
             await self.originator.stop()
             await self.ami.close()
+            try:  # a clean stop is not an outage: no stale heartbeat left behind
+                await self.redis.hdel(HEARTBEATS_KEY, self.server)
+            except Exception as exc:
+                log.warning("heartbeat not removed: %s", exc)
 
     def stop(self) -> None:
         self._stop.set()

@@ -41,6 +41,8 @@ DEFAULTS: dict[str, dict[str, str]] = {
     # agent id (login_attempts_ip from one client address) within login_window seconds
     # refuse further log-ins until the window ends. Events (SSE) connections close after
     # sse_max seconds (the browser reconnects) with a heartbeat every sse_heartbeat s.
+    # metrics: GET /metrics (Prometheus) open to whoever reaches the port (on), not served
+    # (off), or any other value: a token the scraper sends as "Authorization: Bearer ...".
     "web": {
         "host": "127.0.0.1",
         "port": "8080",
@@ -53,6 +55,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "command_timeout": "10",
         "sse_max": "300",
         "sse_heartbeat": "15",
+        "metrics": "on",
     },
     "dialer": {
         "default_region": "DE",
@@ -152,6 +155,13 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return check
 
 
+def _metrics(v: str) -> str:
+    _no_ctl(v)
+    if v in ("on", "off") or (len(v) >= 16 and not any(c.isspace() for c in v)):
+        return v
+    raise ValueError("must be on, off, or a token of at least 16 characters without spaces")
+
+
 def _trunk(v: str) -> str:
     _no_ctl(v)
     if "${NUMBER}" not in v:
@@ -198,6 +208,7 @@ _PARSERS: dict[tuple[str, str], Callable[[str], Any]] = {
     ("web", "command_timeout"): _positive_float,
     ("web", "sse_max"): _positive_float,
     ("web", "sse_heartbeat"): _positive_float,
+    ("web", "metrics"): _metrics,
     ("dialer", "default_region"): region_code,
     ("dialer", "trunk"): _trunk,
     ("dialer", "internal"): _trunk,
@@ -253,7 +264,8 @@ class Config:
         for s, kv in self.values.items():
             out[s] = {}
             for k, v in kv.items():
-                hide = redact and k in {"secret", "secret_key"} and v
+                token = (s, k) == ("web", "metrics") and v not in ("on", "off")
+                hide = redact and (k in {"secret", "secret_key"} or token) and v
                 out[s][k] = "***" if hide else v
         return out
 

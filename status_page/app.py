@@ -16,7 +16,7 @@ from starlette.routing import Route
 from outbound.config import Config
 from outbound.model import make_engine, session_factory
 
-from . import admin, agent, callbacks, calls, dashboard, events, pages
+from . import admin, agent, callbacks, calls, dashboard, events, metrics, pages
 from .auth import LoginPolicy, Sessions
 from .context import Ctx, async_twin
 from .http import Call, endpoint
@@ -37,9 +37,18 @@ def _routes() -> list[Api]:
             "GET",
             "/healthz",
             admin.healthz,
-            "Database and Redis reachability",
+            "Each component (database, Redis, each bridge's AMI, the scheduler): 503 "
+            "listing the degraded ones",
             auth="none",
             errors=(503,),
+        ),
+        Api(
+            "GET",
+            "/metrics",
+            metrics.metrics,
+            "Prometheus metrics (text format 0.0.4); [web] metrics: on, off or a bearer token",
+            auth="none",
+            errors=(401, 404),
         ),
         Api("GET", "/openapi.json", _openapi, "This document", auth="none"),
         Api(
@@ -241,4 +250,7 @@ def serve(config: Config) -> None:
         port=int(config.get("web", "port")),
         proxy_headers=False,  # the client address counts log-in failures: never trust headers
         log_level=str(config.get("log", "level")).lower(),
+        # uvicorn's loggers go through the root logger that outbound.logs set up (its
+        # [log] format), not uvicorn's own handlers.
+        log_config=None,
     )
