@@ -41,7 +41,7 @@ def health_key(server: str) -> str:
 # Every bridge's last heartbeat (field: server, value: the health record): unlike the
 # expiring health key, a dead bridge's entry stays, so /healthz and /metrics can say it is
 # gone; a bridge that stops cleanly removes its own. (Belongs in outbound/names.py.)
-HEARTBEATS_KEY = f"{names.REDIS_PREFIX}health:bridges"
+HEARTBEATS_KEY = names.KEY_BRIDGE_HEARTBEATS
 
 
 def live_key(server: str) -> str:

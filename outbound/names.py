@@ -167,3 +167,5 @@ KEY_CALLBACKS_PUBLISHED = f"{REDIS_PREFIX}callbacks:published"
 # When the sweep last looked for fired callbacks whose publish was lost (UTC epoch): the
 # next one looks back to there, so a worker down for a while misses none.
 KEY_CALLBACKS_RECONCILED = f"{REDIS_PREFIX}callbacks:reconciled"
+# Every bridge's last heartbeat (hash: server -> JSON); read by /healthz and /metrics.
+KEY_BRIDGE_HEARTBEATS = f"{REDIS_PREFIX}health:bridges"

@@ -49,6 +49,7 @@ def _routes() -> list[Api]:
             "Prometheus metrics (text format 0.0.4); [web] metrics: on, off or a bearer token",
             auth="none",
             errors=(401, 404),
+            media="text/plain",
         ),
         Api("GET", "/openapi.json", _openapi, "This document", auth="none"),
         Api(

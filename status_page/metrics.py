@@ -43,7 +43,7 @@ from .http import Call, error
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # The bridges' heartbeats (ami_bridge/service.py writes them every second; the name
 # belongs in outbound/names.py, which both sides would then import).
-HEARTBEATS_KEY = f"{names.REDIS_PREFIX}health:bridges"
+HEARTBEATS_KEY = names.KEY_BRIDGE_HEARTBEATS
 STALE_S = 10.0  # a heartbeat older than this: the bridge is gone or stuck
 AGENT_STATES = {
     "Ready": "ready",

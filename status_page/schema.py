@@ -128,6 +128,7 @@ class Api:
     query: dict[str, Field] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
     stream: bool = False  # text/event-stream instead of JSON
+    media: str = "application/json"  # the success answer's type when not a stream
 
     @property
     def params(self) -> list[str]:
@@ -183,7 +184,13 @@ def openapi(routes: list[Api], title: str = "asterisk-outbound status page API")
                     "content": (
                         {"text/event-stream": {"schema": {"type": "string"}}}
                         if r.stream
-                        else {"application/json": {"schema": {"type": "object"}}}
+                        else {
+                            r.media: {
+                                "schema": {"type": "object"}
+                                if r.media == "application/json"
+                                else {"type": "string"}
+                            }
+                        }
                     ),
                 },
                 **{
