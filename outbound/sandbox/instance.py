@@ -84,6 +84,12 @@ class Sandbox:
     Its files live in ``ROOT/var/lib/outbound-sandbox/<name>/`` (etc, run, log, spool,
     lib); ``state.json`` there lets any later process (``outbound sandbox down``) find and
     stop it. Instances with different names never share a port, socket or file.
+
+    With ``etc_from``, Asterisk runs that configuration folder (as a PBX admin has it,
+    e.g. after ``outbound asterisk install-conf``) on the sandbox's directories and
+    modules; its ``@@AMI_PORT@@``, ``@@ADMIN_USER@@`` and ``@@ADMIN_SECRET@@`` placeholders
+    are filled so that ``up()`` can reach it. The saved ``ami_user``/``ami_secret`` are
+    then only the folder's if it uses ``@@AMI_USER@@``/``@@AMI_SECRET@@`` too.
     """
 
     def __init__(
@@ -92,6 +98,7 @@ class Sandbox:
         name: str = "default",
         agi_port: int | None = None,
         log: Log = print,
+        etc_from: Path | None = None,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
             raise SandboxError(f"invalid sandbox name {name!r} (letters, digits, _ . -)")
@@ -99,6 +106,9 @@ class Sandbox:
         self.name = name
         self.agi_port = agi_port
         self.log = log
+        # A configuration folder to run instead of the product's snippets (see
+        # _write_config), e.g. a PBX configuration `outbound asterisk install-conf` wrote.
+        self.etc_from = Path(etc_from) if etc_from is not None else None
         self.root = self.cache_dir / "root"
         self.inner_dir = f"{_INSTANCES_IN_ROOT}/{name}"  # as Asterisk sees it
         self.instance_dir = self.root / self.inner_dir.lstrip("/")
@@ -307,10 +317,17 @@ class Sandbox:
         }
         product, overlay = _conf_files()
         etc = self.instance_dir / "etc"
+        if self.etc_from is not None:
+            # Only the sandbox's plumbing (asterisk.conf, modules, logger, ...) is written;
+            # the given folder's files replace it where they overlap, and the product
+            # snippets come from that folder alone, so it runs as it was installed.
+            product = {}
         for fname, text in product.items():
             (etc / fname).write_text(text)
         for fname, text in overlay.items():
             (etc / fname).write_text(_render(text, values))
+        if self.etc_from is not None:
+            _copy_conf_tree(self.etc_from, etc, values)
 
     def _moddir(self) -> str:
         for cand in sorted(self.root.glob("usr/lib/*/asterisk/modules")):
@@ -426,6 +443,23 @@ def list_instances(cache_dir: Path | None = None) -> list[str]:
     if not base.is_dir():
         return []
     return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _copy_conf_tree(src: Path, dest: Path, values: dict[str, str]) -> None:
+    """Copy a configuration folder (subfolders such as manager.d too) into an instance's
+    etc, filling the same ``@@KEY@@`` placeholders as the overlay: a folder that runs in
+    the sandbox must name the run-time AMI port and the sandbox's admin account."""
+    if not src.is_dir():
+        raise SandboxError(f"configuration folder {src} does not exist")
+    for path in sorted(src.rglob("*")):
+        target = dest / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif path.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Bytes that are not UTF-8 (Latin-1 comments) pass through unchanged.
+            text = path.read_text(encoding="utf-8", errors="surrogateescape")
+            target.write_text(_render(text, values), encoding="utf-8", errors="surrogateescape")
 
 
 class _PortClash(SandboxError):
