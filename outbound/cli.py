@@ -13,6 +13,7 @@ import click
 
 from .cli_admin import COMMANDS
 from .cli_amd import amd
+from .cli_asterisk import asterisk
 from .cli_callbacks import callbacks
 from .cli_common import Ctx
 from .cli_demo import demo
@@ -55,6 +56,7 @@ main.add_command(callbacks)
 main.add_command(run)
 main.add_command(agi)
 main.add_command(demo)
+main.add_command(asterisk)
 
 
 def agi_main() -> None:

@@ -24,12 +24,8 @@ from click.testing import CliRunner, Result
 
 from outbound.asterisk_install import BACKUP_SUFFIX, MANAGER_FILE, snippet_text
 from outbound.cli import main
-from outbound.cli_asterisk import asterisk
 from outbound.sandbox import Sandbox, SandboxError, SandboxInfo
 from tests.helpers.ami import AmiClient, AmiError
-
-if "asterisk" not in main.commands:  # until cli.py wires the group
-    main.add_command(asterisk)
 
 AGI_PORT = 4599
 STOCK = {
