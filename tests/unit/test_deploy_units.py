@@ -27,6 +27,10 @@ HARDENING = {
 }
 
 
+# `run all` is the single-box supervisor; under systemd each process has its own unit.
+PROCESSES = sorted(set(run.commands) - {"all"})
+
+
 def _units() -> dict[str, configparser.ConfigParser]:
     out = {}
     for path in sorted(UNITS.glob("*.service")):
@@ -39,12 +43,11 @@ def _units() -> dict[str, configparser.ConfigParser]:
 
 
 def test_one_unit_per_run_subcommand() -> None:
-    # `run all` is the single-box supervisor; under systemd each process has its own unit.
-    names = {f"outbound-{name}.service" for name in run.commands if name != "all"}
+    names = {f"outbound-{name}.service" for name in PROCESSES}
     assert names == set(_units()), "deploy/systemd and `outbound run` disagree"
 
 
-@pytest.mark.parametrize("unit", sorted(f"outbound-{n}.service" for n in run.commands))
+@pytest.mark.parametrize("unit", sorted(f"outbound-{n}.service" for n in PROCESSES))
 def test_unit_runs_its_process_as_the_dedicated_user_hardened(unit: str) -> None:
     service = _units()[unit]["Service"]
     argv = shlex.split(service["ExecStart"])
