@@ -23,6 +23,9 @@ class UnsafeValue(ValueError):
 
 def check_value(name: str, value: object, max_len: int = MAX_VALUE) -> str:
     """Return `value` as text if it is safe on the wire, else raise UnsafeValue naming it."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        # str() would send the repr ("b'\\xff'"): text nobody asked for.
+        raise UnsafeValue(f"{name}: bytes, not text; decode them first; refused")
     text = value if isinstance(value, str) else str(value)
     for ch in _BAD:
         if ch in text:
