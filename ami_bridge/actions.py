@@ -169,7 +169,7 @@ async def play_dtmf(
     """AMI `PlayDTMF`: send one DTMF digit out of `channel` (towards its far end; Asterisk
     answers after the digit's duration). Raises ValueError for anything but 0-9 * # A-D,
     NoSuchChannel if the channel is gone."""
-    if not DTMF_DIGIT.match(digit):
+    if not isinstance(digit, str) or not DTMF_DIGIT.match(digit):
         raise ValueError(f"not a DTMF digit: {digit!r}")
     fields = {"Channel": channel, "Digit": digit.upper(), "Duration": str(int(duration_ms))}
     return await _on_channel(conn, "PlayDTMF", fields, timeout)

@@ -116,6 +116,12 @@ def endpoint(ctx: Ctx, api: Api) -> Any:
     """The Starlette endpoint of one route of the table."""
 
     async def run(request: Request) -> Response:
+        resp = await answer(request)
+        # No browser may guess another type from an answer (a contact's name is data).
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return resp
+
+    async def answer(request: Request) -> Response:
         try:
             who = await _authorize(ctx, api, request)
             params, query = _checked(api, request)

@@ -165,6 +165,7 @@ async def test_given_a_script_tag_in_a_contact_name_then_json_carries_it_as_text
     page = await p.get("/")
 
     assert shown.headers["content-type"].startswith("application/json")
+    assert shown.headers["x-content-type-options"] == "nosniff"  # never sniffed as HTML
     assert EVIL_NAME in repr(shown.json())  # exactly the text, as a JSON string
     assert "<script>" not in page.text and "<img src=x" not in page.text
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;img src=x" in page.text
