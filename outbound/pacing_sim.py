@@ -118,6 +118,7 @@ class DayReport:
     abandons: int = 0
     connected: int = 0
     talk_s: float = 0.0  # within the day
+    wrap_s: float = 0.0  # wrap-up, within the day
     wait_s: float = 0.0  # agents Ready before a connection, within the day
     waits: int = 0  # connections that ended such a wait within the day
 
@@ -128,6 +129,12 @@ class DayReport:
     @property
     def logged_s(self) -> float:
         return self.agents * self.hours * 3600.0
+
+    @property
+    def idle_s(self) -> float:
+        """Agent time neither in a call nor in wrap-up (waiting for a call), within the
+        day: what a pacer can still win; its physical limit is 0."""
+        return max(0.0, self.logged_s - self.talk_s - self.wrap_s)
 
     @property
     def utilisation(self) -> float:
@@ -160,6 +167,7 @@ class Report:
             out.abandons += d.abandons
             out.connected += d.connected
             out.talk_s += d.talk_s
+            out.wrap_s += d.wrap_s
             out.wait_s += d.wait_s
             out.waits += d.waits
         return out
@@ -276,7 +284,9 @@ class _Day:
         self.push(t + self.sc.wrap.sample(self.rng), _WRAP_END, agent)
 
     def wrap_end(self, t: float, agent: int) -> None:
-        self.est.wrap_ended(t - self.wrapping.pop(agent))
+        start = self.wrapping.pop(agent)
+        self.report.wrap_s += max(0.0, min(t, self.end) - start)
+        self.est.wrap_ended(t - start)
         self._est = None
         self.ready.append((agent, t))
         if self.waiting:

@@ -61,6 +61,16 @@ def test_given_an_agent_free_within_2s_of_an_answer_when_simulated_then_connecte
     assert day.calls_per_agent_hour == pytest.approx(2 / (60 / 3600))
 
 
+def test_given_a_scripted_day_when_simulated_then_wrap_up_and_idle_time_are_counted() -> None:
+    # talk 5-25 and 30-50, wrap-up 25-30 and 50-55: the rest of the 60 s is idle
+    day = simulate(ONE_AGENT, scripted((0.0, 1), (24.0, 2))).days[0]
+    assert day.wrap_s == pytest.approx(10.0)
+    assert day.idle_s == pytest.approx(60.0 - 40.0 - 10.0)
+    assert simulate(replace(ONE_AGENT, days=2), scripted((0.0, 1))).total.wrap_s == (
+        pytest.approx(5.0)
+    )
+
+
 def test_given_a_shorter_connect_window_when_simulated_then_the_waiting_answer_is_abandoned() -> (
     None
 ):
