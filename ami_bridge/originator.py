@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from panoramisk.message import Message
@@ -250,7 +250,7 @@ class Originator:
         elif ev == "ConfbridgeJoin" and msg.get("Conference", "").startswith("outbound-agent-"):
             # The contact is in an agent's conference: connected.
             if msg.get("Uniqueid") and await self._is_ours(msg["Uniqueid"]):
-                await self._advance(msg["Uniqueid"], "connect")
+                await self._advance(msg["Uniqueid"], "connect", at=event_time(msg))
         elif ev == "Newstate" and msg.get("ChannelStateDesc") == "Ringing":
             if msg.get("Uniqueid") and await self._is_ours(msg["Uniqueid"]):
                 await self._advance(msg["Uniqueid"], "ring")
@@ -303,7 +303,7 @@ class Originator:
 
         return await asyncio.to_thread(q)
 
-    async def _advance(self, attempt_id: str, event: str) -> None:
+    async def _advance(self, attempt_id: str, event: str, at: datetime | None = None) -> None:
         def run() -> str | None:
             with transaction(self.factory) as s:
                 _write_lock(s)
@@ -315,7 +315,7 @@ class Originator:
                             AttemptState.RINGING,
                         ):
                             advance(a, "answer")  # the join overtook the OriginateResponse
-                        if advance(a, event):
+                        if advance(a, event, at):
                             if event == "connect":
                                 _store_timing(s, a)
                             return a.state.value
@@ -501,6 +501,17 @@ class _Pending:
     status: str = ""  # DIALSTATUS from OutboundDialResult
     cause: int | None = None
     half2_gone: bool = False
+
+
+def event_time(msg: Any) -> datetime | None:
+    """When Asterisk says the event happened (its `Timestamp`, with manager.conf's
+    timestampevents = yes), else None (now): the 2-second rule is judged on Asterisk's
+    clock, not on when a busy bridge got round to the event."""
+    try:
+        ts = float(msg.get("Timestamp") or "")
+    except ValueError:
+        return None
+    return datetime.fromtimestamp(ts, UTC)
 
 
 def _int(v: Any) -> int | None:
