@@ -1,4 +1,5 @@
-"""Shared fixtures: scratch databases on SQLite and on the local PostgreSQL.
+"""Shared fixtures: scratch databases on SQLite and on the local PostgreSQL, and a private
+redis-server per pytest-xdist worker (but gw0).
 
 PostgreSQL is a real server (127.0.0.1:5432, trust auth); each test gets its own database,
 created and dropped here, so parallel runs never collide. It is never skipped: CI starts it.
@@ -16,10 +17,23 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from outbound.model import make_engine, session_factory, upgrade
+from tests.helpers.redis_url import needs_private_redis, start_private_redis, stop_private_redis
 
 PG_ADMIN_URL = os.environ.get(
     "OUTBOUND_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, workers other than gw0 get their own redis-server (see
+    tests/helpers/redis_url.py); started here, before collection imports the modules
+    whose REDIS_URL constants are built from it."""
+    if needs_private_redis(os.environ.get("PYTEST_XDIST_WORKER")):
+        start_private_redis()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    stop_private_redis()
 
 
 def _pg_admin() -> Engine:

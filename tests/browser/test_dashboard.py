@@ -33,11 +33,12 @@ from outbound.model import (
 from outbound.security import hash_secret
 from status_page.app import create_app
 from status_page.dashboard import LOGIN_URL
+from tests.helpers.redis_url import redis_url
 from tests.helpers.until import until
 
 from .dash_support import chromium, screenshot_dir, served
 
-REDIS_URL = "redis://127.0.0.1:6379/2"
+REDIS_URL = redis_url(2)
 PASSWORD = "correct horse 2"
 LIVE_S = 10_000  # ms the page has to show a change (it polls every 2 s)
 EVIL = '<img src=x onerror="window.pwned=1">Ada'

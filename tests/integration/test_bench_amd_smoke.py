@@ -14,7 +14,8 @@ from outbound.sandbox import list_instances
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.asterisk
+# serial: AMD hears live audio in real time; see scripts/test.
+pytestmark = [pytest.mark.asterisk, pytest.mark.serial]
 
 
 def test_given_quick_mode_when_the_amd_bench_runs_then_verdicts_printed_and_section_written(

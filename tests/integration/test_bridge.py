@@ -23,9 +23,10 @@ from outbound.model import CaseEvent, make_engine, session_factory, upgrade
 from outbound.sandbox import SandboxInfo
 from tests.helpers.ami import AmiClient, AmiError
 from tests.helpers.db import add_agent, add_contact
+from tests.helpers.redis_url import redis_url
 from tests.helpers.until import async_until
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = redis_url(12)
 
 
 def _config(sandbox: SandboxInfo, tmp_path: Path, user: str, secret: str, server: str):  # type: ignore[no-untyped-def]

@@ -31,9 +31,10 @@ from outbound.model import (
     utcnow,
 )
 from outbound.model.tables import Offer, OfferState
+from tests.helpers.redis_url import redis_url
 from tests.helpers.world import World, make_world
 
-REDIS_URL = "redis://127.0.0.1:6379/10"
+REDIS_URL = redis_url(10)
 GRACE_S = 300
 NOW = utcnow()
 

@@ -45,9 +45,10 @@ from outbound.model import (
     transaction,
     utcnow,
 )
+from tests.helpers.redis_url import redis_url
 from tests.integration.interaction.world import CALLER_IDS, World, connect, make, preview_and_dial
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = redis_url(12)
 
 
 @pytest.fixture

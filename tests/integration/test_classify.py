@@ -21,6 +21,9 @@ from tests.helpers.db import add_agent, add_contact, migrated_factory
 from tests.helpers.stack import attempt_row, call_stack, conference_members
 from tests.helpers.until import async_until
 
+# serial: AMD hears live audio in real time; see scripts/test.
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture
 async def stack(sandbox: SandboxInfo, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:

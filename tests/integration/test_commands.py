@@ -26,9 +26,10 @@ from outbound.commands import (
     send_command,
     send_command_async,
 )
+from tests.helpers.redis_url import redis_url
 from tests.helpers.until import async_until
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
+REDIS_URL = redis_url(13)
 
 
 @pytest.fixture

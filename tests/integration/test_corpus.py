@@ -20,7 +20,8 @@ from outbound.sandbox import CORPUS, CorpusFile, Sandbox, ensure_corpus, load_ma
 from outbound.sandbox.corpus import RATE, recipe_hash
 from tests.helpers.ami import AmiClient, Message
 
-pytestmark = pytest.mark.asterisk
+# serial: AMD hears live audio in real time; see scripts/test.
+pytestmark = [pytest.mark.asterisk, pytest.mark.serial]
 
 
 def _samples(path: Path) -> tuple[tuple[int, int, int], array.array[int]]:

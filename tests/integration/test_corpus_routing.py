@@ -43,7 +43,8 @@ from tests.helpers.db import add_agent, add_contact
 from tests.helpers.stack import attempt_row, call_stack
 from tests.helpers.until import async_until
 
-pytestmark = pytest.mark.asterisk
+# serial: AMD hears live audio in real time; see scripts/test.
+pytestmark = [pytest.mark.asterisk, pytest.mark.serial]
 
 MESSAGE = "vm-goodbye"  # the campaign's message for machines (a core sound, ~1 s)
 IDENT = "all-circuits-busy-now"  # the identification message when no agent is free

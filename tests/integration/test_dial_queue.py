@@ -34,8 +34,9 @@ from outbound.model import (
     transaction,
 )
 from tests.helpers.db import add_contact
+from tests.helpers.redis_url import redis_url
 
-REDIS_URL = "redis://127.0.0.1:6379/9"
+REDIS_URL = redis_url(9)
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
 

@@ -50,9 +50,10 @@ from tests.faults.proxy import FaultProxy
 from tests.helpers import hive
 from tests.helpers.ami import AmiClient
 from tests.helpers.db import add_agent, add_contact
+from tests.helpers.redis_url import redis_url
 from tests.helpers.until import async_until
 
-REDIS_URL = "redis://127.0.0.1:6379/4"
+REDIS_URL = redis_url(4)
 BUSY_RETRY_S = 12  # busy: retried after 12 s, two attempts at most
 AGENTS = 6
 # Last digits (the sandbox's scenario): 0-3 person, 4 machine, 5 busy, 6 no answer,

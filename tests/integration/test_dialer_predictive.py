@@ -46,10 +46,11 @@ from outbound.model import (
 from outbound.sandbox import SandboxInfo
 from tests.helpers.ami import AmiClient
 from tests.helpers.db import add_agent, add_contact, migrated_factory
+from tests.helpers.redis_url import redis_url
 from tests.helpers.stack import bridge_config
 from tests.helpers.until import async_until
 
-REDIS_URL = "redis://127.0.0.1:6379/7"
+REDIS_URL = redis_url(7)
 # Mostly calls nobody answers live (busy, congestion, machine), some persons: the pacer
 # expects about one live answer in four and dials ahead of three agents.
 DIGITS = [5, 7, 0, 5, 4, 7, 5, 1, 7, 5, 4, 2, 5, 7, 5, 3]

@@ -48,10 +48,11 @@ from outbound.model import (
 from outbound.sandbox import SandboxInfo
 from tests.helpers.ami import AmiClient
 from tests.helpers.db import DAYTIME, add_agent, add_contact, migrated_factory
+from tests.helpers.redis_url import redis_url
 from tests.helpers.stack import bridge_config
 from tests.helpers.until import async_until
 
-REDIS_URL = "redis://127.0.0.1:6379/7"
+REDIS_URL = redis_url(7)
 BUSY_RETRY_S = 12  # the test campaign's busy treatment: retry after 12 s
 
 

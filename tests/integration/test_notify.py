@@ -35,8 +35,9 @@ from outbound.model import (
     transaction,
 )
 from tests.helpers.db import add_agent
+from tests.helpers.redis_url import redis_url
 
-REDIS_URL = "redis://127.0.0.1:6379/10"
+REDIS_URL = redis_url(10)
 
 
 class World:

@@ -29,9 +29,10 @@ from outbound.model import transaction
 from outbound.sandbox import SandboxInfo
 from tests.helpers.ami import AmiClient, AmiError
 from tests.helpers.db import migrated_factory
+from tests.helpers.redis_url import redis_url
 from tests.helpers.until import async_until
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = redis_url(14)
 PIN = "918273"
 # Keys typed after a refusal wait for the AGI's next prompt: digits that arrive while
 # no AGI command listens are dropped by res_agi, as they would be for a person.

@@ -30,8 +30,9 @@ from outbound.model import (
     transaction,
 )
 from tests.helpers.db import add_agent, add_contact
+from tests.helpers.redis_url import redis_url
 
-REDIS_URL = "redis://127.0.0.1:6379/7"
+REDIS_URL = redis_url(7)
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 

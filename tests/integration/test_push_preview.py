@@ -40,12 +40,13 @@ from outbound.model import (
 )
 from outbound.model.tables import Offer, OfferState
 from tests.helpers.ami import AmiClient
+from tests.helpers.redis_url import redis_url
 from tests.helpers.until import async_until
 from tests.helpers.world import World as BaseWorld
 from tests.helpers.world import make_world
 from tests.integration.test_dialer_progressive import world  # noqa: F401 (fixture)
 
-REDIS_URL = "redis://127.0.0.1:6379/10"
+REDIS_URL = redis_url(10)
 TIMEOUT_S = 5  # the test campaign's push timeout
 
 

@@ -21,8 +21,9 @@ from agi_scripts.process import ProcessAgi, route_and_args
 from agi_scripts.server import AgiSession, call_args
 from ami_bridge.commands import CommandConsumer
 from outbound import names
+from tests.helpers.redis_url import redis_url
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = redis_url(14)
 KNOWN = {"classify", "features", "fax", "optout"}
 
 

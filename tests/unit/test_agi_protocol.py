@@ -318,6 +318,7 @@ async def test_given_a_garbage_or_oversize_header_then_logged_and_closed(
     writer.close()
 
 
+@pytest.mark.serial  # a wall-clock and CPU-share bound: see scripts/test
 async def test_given_500_idle_connections_then_a_real_session_is_still_served_quickly() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 2000:
@@ -429,6 +430,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@pytest.mark.serial  # a wall-clock and CPU-share bound: see scripts/test
 def test_panoramisk_fastagi_spins_on_half_header() -> None:
     """Given panoramisk's FastAGI server, when a peer sends half a header and closes,
     then the server burns a whole CPU (and its event loop is stuck) - the defect our

@@ -15,8 +15,9 @@ from outbound import names
 from outbound.agents import PinGuard, PinPolicy, add_agent, phone_of, verify_pin
 from outbound.config import ConfigError, load_config
 from outbound.model import make_engine, session_factory, transaction, upgrade
+from tests.helpers.redis_url import redis_url
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = redis_url(14)
 
 
 @pytest.fixture

@@ -22,9 +22,10 @@ from outbound.config import Config, load_config
 from outbound.model import Agent, AgentRole, DialMode, transaction
 from outbound.security import hash_secret
 from status_page.app import create_app
+from tests.helpers.redis_url import redis_url
 from tests.helpers.world import World, make_world
 
-REDIS_URL = "redis://127.0.0.1:6379/9"
+REDIS_URL = redis_url(9)
 PASSWORD = "correct horse 1"
 
 

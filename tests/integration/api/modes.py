@@ -45,12 +45,13 @@ from outbound.security import hash_secret
 from status_page.app import create_app
 from tests.helpers.ami import AmiClient
 from tests.helpers.db import DAYTIME, add_agent, add_contact, migrated_factory
+from tests.helpers.redis_url import redis_url
 from tests.helpers.stack import bridge_config
 from tests.helpers.until import async_until
 
 from .conftest import PASSWORD, Person
 
-REDIS_URL = "redis://127.0.0.1:6379/8"
+REDIS_URL = redis_url(8)
 
 
 def number(last_digit: int, prefix: str = "+4930") -> str:

@@ -41,12 +41,13 @@ from outbound.security import hash_secret
 from status_page import dashboard
 from status_page.app import create_app
 from tests.helpers.db import add_agent, add_contact
+from tests.helpers.redis_url import redis_url
 from tests.helpers.until import until
 from tests.helpers.world import World
 
 from .conftest import PASSWORD, Site
 
-REDIS_URL = "redis://127.0.0.1:6379/5"
+REDIS_URL = redis_url(5)
 
 
 @pytest.fixture

@@ -26,10 +26,11 @@ from outbound.model import (
     transaction,
 )
 from outbound.model.tables import Offer
+from tests.helpers.redis_url import redis_url
 from tests.helpers.world import World as BaseWorld
 from tests.helpers.world import make_world
 
-REDIS_URL = "redis://127.0.0.1:6379/6"
+REDIS_URL = redis_url(6)
 CALLER_IDS = ["+4930111111", "+4930222222"]
 
 
