@@ -38,11 +38,12 @@ from status_page.app import ROUTES, create_app
 from status_page.auth import failures_key
 from status_page.schema import Api
 from tests.conftest import scratch_pg_database
+from tests.helpers.redis_url import redis_url
 from tests.helpers.until import async_until
 from tests.helpers.world import World, make_world
 from tests.integration.api.conftest import PASSWORD, Person, Site, agent_with_password
 
-REDIS_URL = "redis://127.0.0.1:6379/3"
+REDIS_URL = redis_url(3)
 INJECTIONS = [
     "1' OR '1'='1",
     "1; DROP TABLE contacts;--",

@@ -201,6 +201,9 @@ async def end_wrap_ups(
         await asyncio.to_thread(once)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.3)
+    # A call that ended in the last 0.3 s before `stop` (the campaign just settled) would
+    # otherwise be left unmarked: one last pass, after which nothing is still ringing.
+    await asyncio.to_thread(once)
     return marked, errors
 
 

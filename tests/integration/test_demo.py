@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 
 from outbound.sandbox import Sandbox, free_port
+from tests.helpers.redis_url import redis_url
 from tests.helpers.until import until
 
 pytestmark = pytest.mark.asterisk
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_URL = "redis://127.0.0.1:6379/11"
+REDIS_URL = redis_url(11)
 ARGS = ["--contacts", "60", "--agents", "3", "--talk", "3-8"]
 
 

@@ -32,6 +32,9 @@ from tests.helpers.db import migrated_factory
 from tests.helpers.redis_url import redis_url
 from tests.helpers.until import async_until
 
+# Keys are typed on fixed pauses against live IVR prompts: judged in real time, so alone.
+pytestmark = pytest.mark.serial
+
 REDIS_URL = redis_url(14)
 PIN = "918273"
 # Keys typed after a refusal wait for the AGI's next prompt: digits that arrive while

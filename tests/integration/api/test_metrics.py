@@ -45,6 +45,7 @@ from status_page import metrics
 from status_page.app import create_app
 from tests.helpers.callbacks import free_port, private_redis
 from tests.helpers.db import add_agent, add_contact
+from tests.helpers.redis_url import redis_url
 from tests.helpers.until import async_until, until
 
 from .conftest import web_config
@@ -246,7 +247,7 @@ async def test_given_the_metrics_setting_then_off_hides_and_a_token_guards_the_r
         ("on", {}, 200),
     ):
         app = create_app(web_config(tmp_path, db_url, metrics=setting), factory,
-                         redis.Redis.from_url("redis://127.0.0.1:6379/15"))  # fmt: skip
+                         redis.Redis.from_url(redis_url(15)))  # fmt: skip
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             resp = await c.get("/metrics", headers=headers)
