@@ -1,5 +1,5 @@
 """Shared fixtures: scratch databases on SQLite and on the local PostgreSQL, and a private
-redis-server per pytest-xdist worker (but gw0).
+redis-server per pytest-xdist worker.
 
 PostgreSQL is a real server (127.0.0.1:5432, trust auth); each test gets its own database,
 created and dropped here, so parallel runs never collide. It is never skipped: CI starts it.
@@ -25,7 +25,7 @@ PG_ADMIN_URL = os.environ.get(
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under xdist, workers other than gw0 get their own redis-server (see
+    """Under xdist, every worker gets its own redis-server (see
     tests/helpers/redis_url.py); started here, before collection imports the modules
     whose REDIS_URL constants are built from it."""
     if needs_private_redis(os.environ.get("PYTEST_XDIST_WORKER")):

@@ -1,8 +1,8 @@
 """Redis URLs for tests that keep their data in a numbered DB of a real Redis.
 
-Test modules pick DB numbers by hand and some FLUSHDB theirs. Run one after the other
-(no xdist, or xdist worker gw0) they share the machine's Redis (127.0.0.1:6379) as
-before. Under pytest-xdist every other worker gets a private redis-server of its own,
+Test modules pick DB numbers by hand and some FLUSHDB theirs. Run without xdist they
+share the machine's Redis (127.0.0.1:6379). Under pytest-xdist every worker gets a
+private redis-server of its own,
 started once per worker process by tests/conftest.py before collection, so two workers
 can never meet in the same DB whatever numbers their modules picked. The port is in the
 environment (PORT_ENV), so subprocesses the tests spawn build the same URLs.
@@ -29,8 +29,9 @@ def redis_url(db: int) -> str:
 
 
 def needs_private_redis(worker: str | None) -> bool:
-    """gw0 keeps the shared server: a run with one worker behaves like a serial run."""
-    return worker is not None and worker != "gw0"
+    """Every xdist worker, gw0 included: then nothing else on this machine (another
+    pytest session, a demo) can flush a worker's DB under it."""
+    return worker is not None
 
 
 def start_private_redis() -> None:
