@@ -24,12 +24,11 @@ PG_ADMIN_URL = os.environ.get(
 )
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """Under xdist, every worker gets its own redis-server (see
-    tests/helpers/redis_url.py); started here, before collection imports the modules
-    whose REDIS_URL constants are built from it."""
-    if needs_private_redis(os.environ.get("PYTEST_XDIST_WORKER")):
-        start_private_redis()
+# Under xdist, every worker gets its own redis-server (see tests/helpers/redis_url.py),
+# started as this file is imported: before any other conftest (pytest imports the ones on
+# the command line's paths before pytest_configure) or test module builds its REDIS_URL.
+if needs_private_redis(os.environ.get("PYTEST_XDIST_WORKER")):
+    start_private_redis()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

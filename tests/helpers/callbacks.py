@@ -47,30 +47,46 @@ def free_port() -> int:
 
 @contextmanager
 def private_redis() -> Iterator[str]:
-    """A real redis-server of our own on a free loopback port; yields its URL."""
-    port = free_port()
+    """A real redis-server of our own on a free loopback port; yields its URL. Our own:
+    if the port was taken meanwhile (another process picked it too), our server exits
+    and a ping would reach the other one, so that is checked and another port tried."""
     with tempfile.TemporaryDirectory() as d:
-        proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                d,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"redis://127.0.0.1:{port}/0"
-        client = redis_lib.Redis.from_url(url)
+        for _ in range(5):
+            port = free_port()
+            proc = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    d,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            url = f"redis://127.0.0.1:{port}/0"
+            client = redis_lib.Redis.from_url(url)
+            try:
+                until(client.ping, timeout=10, ignore=(redis_lib.ConnectionError,))
+                if proc.poll() is None and client.info("server")["process_id"] == proc.pid:
+                    break
+            except BaseException:
+                client.close()
+                proc.kill()
+                proc.wait(timeout=10)
+                raise
+            client.close()
+            proc.kill()
+            proc.wait(timeout=10)
+        else:
+            raise RuntimeError("could not start a private redis-server on a free port")
         try:
-            until(client.ping, timeout=10, ignore=(redis_lib.ConnectionError,))
             yield url
         finally:
             client.close()
