@@ -52,6 +52,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from outbound import dial_queue, live, names
 from outbound.campaigns import callback_offers, push
+from outbound.campaigns.attempts import AgentBusy
 from outbound.campaigns.callback_offers import campaigns_with_callbacks, has_open_offer
 from outbound.campaigns.interaction import agent_is_free
 from outbound.compliance import NotDialable
@@ -69,7 +70,7 @@ from outbound.model import (
 from .connection import AmiNotReady
 from .originator import Originator
 from .pacer import Predictive
-from .reservations import RESERVE_TTL_S, AgentReservations
+from .reservations import RESERVE_TTL_S, AgentReservations, release_predecessor_leases
 from .sessions import AgentSessions, SessionState
 
 log = logging.getLogger("ami_bridge.dialer")
@@ -122,6 +123,15 @@ def campaign_members(s: Session, campaign_id: int) -> list[str]:
             .order_by(AgentCampaign.agent_id)
         )
     )
+
+
+def free_for_a_call(s: Session, agent_id: str) -> bool:
+    """No open offer, no live call, no wrap-up. The open offer is read first: an agent's
+    preview dial closes the offer and writes the attempt in one commit, so whenever it
+    commits, one of the two reads sees it (the reverse order can see neither). A dial
+    that commits after both reads is refused by create_attempt under the agent's row lock
+    (AgentBusy): this check only spares a lease and a refusal."""
+    return not has_open_offer(s, agent_id) and agent_is_free(s, agent_id)
 
 
 def postpone(s: Session, contact_id: int, until: datetime) -> None:
@@ -215,6 +225,7 @@ class Dialer:
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until `stop` is set; a failing tick is logged and the loop goes on."""
         log.info("dialer %s running (modes: %s)", self.owner, ", ".join(self._modes))
+        await self._release_predecessors()
         last_sweep = 0.0
         loop = asyncio.get_running_loop()
         while not stop.is_set():
@@ -238,6 +249,23 @@ class Dialer:
         if self._sync_redis is not None:
             self._sync_redis.close()
             self._sync_redis = None
+
+    async def _release_predecessors(self) -> None:
+        """The agents a killed predecessor (same server and worker name) still holds are
+        freed now, not after the reservation TTL; failing that (Redis away), the TTL does."""
+        try:
+            freed = await self._step(self.reservations.release_predecessors())
+        except Exception as exc:
+            log.warning("reservations of a predecessor not released: %s", exc)
+            return
+        if freed:
+            log.warning("released %d agents a predecessor reserved: %s", len(freed), freed)
+
+    async def _release_predecessor_leases(self, campaign: CampaignInfo) -> None:
+        q = self._queue(campaign.id)
+        back = await self._step(release_predecessor_leases(self.redis, q, self.owner))
+        if back:
+            log.warning("campaign %s: a predecessor's records back on top: %s", campaign.name, back)
 
     # ------------------------------------------------------------ steps
     async def _step(self, aw: Awaitable[T]) -> T:
@@ -279,6 +307,7 @@ class Dialer:
                     continue
                 self._known.add(c.id)
                 log.info("campaign %s: dial queue rebuilt: %s", c.name, counts)
+                await self._release_predecessor_leases(c)
         self._known &= {c.id for c in found}  # stopped ones are rebuilt when they restart
         return [c for c in found if c.id in self._known]
 
@@ -347,7 +376,7 @@ class Dialer:
 
             def free(agent: str = agent) -> bool:
                 with self.factory() as s:
-                    return agent_is_free(s, agent) and not has_open_offer(s, agent)
+                    return free_for_a_call(s, agent)
 
             placed = Placed.PAUSED
             try:
@@ -460,6 +489,10 @@ class Dialer:
                 if "agent" in str(exc):
                     return Placed.PAUSED
                 continue
+            except AgentBusy as exc:  # the agent got a call since free() looked
+                log.info("campaign %s: %s; contact %s back on top", campaign.name, exc, contact_id)
+                await self._step(q.release(contact_id, self.owner, top=True))
+                return Placed.BUSY
             except Conflict as exc:  # already in a call (another path dialed it)
                 log.info("campaign %s: contact %s not dialed: %s", campaign.name, contact_id, exc)
                 await self._step(q.remove(contact_id))

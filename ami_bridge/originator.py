@@ -5,6 +5,12 @@ An Originate whose answer is lost (connection cut, timeout) stays `originating` 
 database; after every (re)connection the reconciler looks for its ChannelId among
 Asterisk's channels: found, it is tracked on; gone, it is settled as failed (the treatment
 decides whether and when a *new* attempt happens). It is never sent a second time.
+
+An event whose handling failed on the database (an outage: the Hangup of a call came
+while PostgreSQL was away) is not seen again, so its attempt would stay live for ever:
+the failure marks a reconcile as needed, and `recover()` (the bridge's housekeeping, every
+few seconds) runs it once the database answers. As a backstop, live attempts older than
+a few minutes are reconciled every minute whatever happened.
 """
 
 from __future__ import annotations
@@ -17,24 +23,24 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from panoramisk.message import Message
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from outbound import names
-from outbound.campaigns.amd import connect_timing
 from outbound.campaigns.attempts import advance, create_attempt, settle
 from outbound.campaigns.results import dial_result
-from outbound.errors import Conflict, NotFound
+from outbound.errors import Conflict
 from outbound.model import (
     AttemptState,
     CallAttempt,
     CallResult,
-    Campaign,
     transaction,
     utcnow,
 )
 from outbound.wire import channel_variable, check_value
 
+from .attempt_rows import claim_created, expire_one, store_timing, write_lock
 from .connection import AmiActionFailed, AmiConnection, AmiError, AmiNotReady
 
 log = logging.getLogger("ami_bridge.originator")
@@ -48,6 +54,12 @@ EVENT_CONNECT_ABANDONED = names.EVENT_CONNECT_ABANDONED
 # `created` after this was never going to be claimed (page closed, API down, command
 # expired): it is ended (CANCELLED), freeing its contact and its agent.
 CREATED_TTL_S = 60.0
+# The reconcile after a failed event waits this long after the last failure, and covers
+# the attempts originated before it: younger ones may have no channel yet (committed, the
+# Originate not yet processed), and no event of theirs can have been lost.
+RECOVER_AFTER_S = 10.0
+BACKSTOP_EVERY_S = 60.0  # the backstop reconcile's period ...
+BACKSTOP_MIN_AGE_S = 180.0  # ... over attempts older than this (no call rings that long)
 LIVE_STATES = (
     AttemptState.ORIGINATING,
     AttemptState.RINGING,
@@ -91,8 +103,11 @@ class Originator:
         ami.on_event("Newstate", self._events.put_nowait)
         ami.on_event("UserEvent", self._events.put_nowait)
         ami.on_event("ConfbridgeJoin", self._events.put_nowait)
-        ami.on_ready(self.reconcile)
+        ami.on_ready(self._reconcile_on_ready)
         self._worker: asyncio.Task[None] | None = None
+        self.reconcile_needed = False  # an event's handling failed on the database ...
+        self._failed_at = utcnow()  # ... last at this time
+        self._next_backstop = 0.0  # loop time of the next backstop reconcile
 
     def start(self) -> None:
         if self._worker is None:
@@ -144,8 +159,8 @@ class Originator:
         def commit() -> tuple[str, str]:
             with transaction(self.factory) as s:
                 if attempt_id is not None:
-                    _write_lock(s)  # SQLite: or an expiry could end it under our feet
-                    a = _claim_created(s, attempt_id, contact_id, self.server)
+                    write_lock(s)  # SQLite: or an expiry could end it under our feet
+                    a = claim_created(s, attempt_id, contact_id, self.server)
                     claimed.update(trunk=a.trunk, caller_id=a.caller_id, agent_id=a.agent_id)
                     return a.id, a.e164
                 a = create_attempt(
@@ -192,10 +207,25 @@ class Originator:
         }
         if caller_id:
             fields["CallerID"] = caller_id
-        task = asyncio.ensure_future(self._fire(aid, fields))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._track(asyncio.ensure_future(self._fire(aid, fields)), f"Originate of {aid}")
         return aid
+
+    def _track(self, task: asyncio.Task[Any], what: str) -> None:
+        """Keep a background task; its failure is logged and, on the database, marks a
+        reconcile as needed (what it would have written is lost otherwise)."""
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self._failed(what, t.exception())
+
+        task.add_done_callback(done)
+
+    def _failed(self, what: str, exc: BaseException | None) -> None:
+        log.error("%s not handled", what, exc_info=exc)
+        if isinstance(exc, SQLAlchemyError | OSError):
+            self.reconcile_needed, self._failed_at = True, utcnow()
 
     async def _fire(self, attempt_id: str, fields: dict[str, Any]) -> None:
         try:
@@ -218,8 +248,8 @@ class Originator:
             msg = await self._events.get()
             try:
                 await self._handle(msg)
-            except Exception:
-                log.exception("event %s not handled", msg.get("Event"))
+            except Exception as exc:
+                self._failed(f"event {msg.get('Event')}", exc)
 
     async def _handle(self, msg: Message) -> None:
         ev = msg.get("Event")
@@ -273,9 +303,7 @@ class Originator:
             await asyncio.sleep(delay)
             await self._try_settle_unanswered(aid, final=True)
 
-        t = asyncio.ensure_future(fallback())
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
+        self._track(asyncio.ensure_future(fallback()), f"settling attempt {aid}")
 
     async def _try_settle_unanswered(self, aid: str, final: bool = False) -> None:
         p = self._pending.get(aid)
@@ -306,7 +334,7 @@ class Originator:
     async def _advance(self, attempt_id: str, event: str, at: datetime | None = None) -> None:
         def run() -> str | None:
             with transaction(self.factory) as s:
-                _write_lock(s)
+                write_lock(s)
                 a = s.get(CallAttempt, attempt_id, with_for_update=True)
                 if a is not None:
                     try:
@@ -317,7 +345,7 @@ class Originator:
                             advance(a, "answer")  # the join overtook the OriginateResponse
                         if advance(a, event, at):
                             if event == "connect":
-                                _store_timing(s, a)
+                                store_timing(s, a)
                             return a.state.value
                     except Conflict as exc:
                         log.warning("%s", exc)
@@ -335,7 +363,7 @@ class Originator:
 
         def run() -> bool:
             with transaction(self.factory) as s:
-                _write_lock(s)
+                write_lock(s)
                 a = s.get(CallAttempt, attempt_id, with_for_update=True)
                 if a is None or a.state is AttemptState.ENDED:
                     return False
@@ -415,7 +443,7 @@ class Originator:
 
         def end(aid: str) -> bool:
             with transaction(self.factory) as s:
-                return _expire_one(s, aid, cutoff, note)
+                return expire_one(s, aid, cutoff, note)
 
         ended = []
         for aid in await asyncio.to_thread(stale):
@@ -426,21 +454,56 @@ class Originator:
         return ended
 
     # ------------------------------------------------------------ reconciliation
-    async def reconcile(self) -> None:
-        """After every (re)connection: look for each live attempt of this server among
-        Asterisk's channels by its ChannelId; settle the ones that are gone."""
+    async def recover(self) -> None:
+        """The bridge's housekeeping, every few seconds: a reconcile once an event's
+        handling failed on the database (RECOVER_AFTER_S after the last failure, over the
+        attempts originated before it; the flag stays until one succeeds, so a database
+        still away is tried again next time), else the backstop reconcile every
+        BACKSTOP_EVERY_S over attempts originated BACKSTOP_MIN_AGE_S ago. Nothing while
+        AMI is down: the reconnection reconciles anyway."""
+        if not self.ami.healthy:
+            return
+        loop = asyncio.get_running_loop()
+        if self.reconcile_needed:
+            failed_at = self._failed_at
+            if utcnow() - failed_at < timedelta(seconds=RECOVER_AFTER_S):
+                return
+            self.reconcile_needed = False  # an event failing meanwhile sets it again
+            try:
+                n = await self.reconcile(failed_at, "gone after a database error")
+            except BaseException:
+                self.reconcile_needed = True
+                raise
+            log.warning("reconciled after a database error: %d attempts settled", n)
+        elif loop.time() >= self._next_backstop:
+            self._next_backstop = loop.time() + BACKSTOP_EVERY_S
+            before = utcnow() - timedelta(seconds=BACKSTOP_MIN_AGE_S)
+            await self.reconcile(before, "gone (backstop reconcile)")
+
+    async def _reconcile_on_ready(self) -> None:
+        await self.reconcile()
+
+    async def reconcile(
+        self, before: datetime | None = None, why: str = "gone after AMI reconnect"
+    ) -> int:
+        """Look for each live attempt of this server among Asterisk's channels by its
+        ChannelId (CoreShowChannels); settle the ones that are gone (connected: answered;
+        else the classifier's result or failed). After every (re)connection: all of them;
+        from `recover`: those originated `before` then. Returns how many were settled. A
+        database failure raises and marks the reconcile as still needed."""
         channels = await self.ami.send_list("CoreShowChannels", timeout=10)
         present = {c.get("Uniqueid") for c in channels} | {c.get("Linkedid") for c in channels}
 
         def run() -> list[tuple[str, CallResult]]:
             settled = []
             with transaction(self.factory) as s:
-                live = s.scalars(
-                    select(CallAttempt).where(
-                        CallAttempt.server == self.server, CallAttempt.state.in_(LIVE_STATES)
-                    )
-                ).all()
-                for a in live:
+                q = select(CallAttempt).where(
+                    CallAttempt.server == self.server, CallAttempt.state.in_(LIVE_STATES)
+                )
+                if before is not None:
+                    since = func.coalesce(CallAttempt.originated_at, CallAttempt.created_at)
+                    q = q.where(since < before)
+                for a in s.scalars(q).all():
                     if a.id in present:
                         continue
                     result = (
@@ -448,51 +511,19 @@ class Originator:
                         if a.state is AttemptState.CONNECTED
                         else (a.result or CallResult.FAILED)
                     )
-                    if settle(s, a.id, result, note="gone after AMI reconnect"):
+                    if settle(s, a.id, result, note=why):
                         settled.append((a.id, result))
             return settled
 
-        for aid, result in await asyncio.to_thread(run):
-            log.warning(
-                "attempt %s not found in Asterisk after reconnect: settled %s", aid, result.value
-            )
+        try:
+            done = await asyncio.to_thread(run)
+        except SQLAlchemyError:
+            self.reconcile_needed, self._failed_at = True, utcnow()
+            raise
+        for aid, result in done:
+            log.warning("attempt %s not found in Asterisk (%s): settled %s", aid, why, result.value)
             self._notify_settled(aid, result)
-
-
-def _expire_one(s: Session, attempt_id: str, cutoff: datetime, note: str) -> bool:
-    """End one unclaimed attempt under its row lock (SQLite: the write lock), so that a
-    claim racing it either came first (state originating: left alone) or comes after and
-    finds it ended (refused, nothing sent). Never both."""
-    _write_lock(s)
-    a = s.get(CallAttempt, attempt_id, with_for_update=True, populate_existing=True)
-    if a is None or a.state is not AttemptState.CREATED or a.created_at >= cutoff:
-        return False
-    a.audit = {**a.audit, "expired": {"after_s": (utcnow() - a.created_at).total_seconds()}}
-    return settle(s, attempt_id, CallResult.CANCELLED, note=note)
-
-
-def _write_lock(s: Session) -> None:
-    """Take SQLite's write lock before reading what is written back: its reads otherwise
-    run outside the transaction, and this bridge and the classify AGI, both writing an
-    attempt's audit, could each overwrite the other's keys. (PostgreSQL: the row lock
-    of with_for_update.) Must be the transaction's first statement."""
-    if s.get_bind().dialect.name == "sqlite":
-        s.connection().exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _store_timing(s: Session, a: CallAttempt) -> None:
-    """The 2-second rule's delay (audit `connect_ms`, `late_connect`) from classify's
-    `decided_at` and the join's `connected_at`. Classify's write, if it comes after the
-    join, stores it instead (both take the write lock first, so one of them sees both)."""
-    c = s.get(Campaign, a.campaign_id)
-    timing = connect_timing(a.audit, a.connected_at, dict(c.amd_policy) if c else {})
-    if timing is None:
-        return
-    a.audit = {**a.audit, **timing}
-    if timing["late_connect"]:
-        log.warning(
-            "attempt %s: late connect, %d ms after AMD's decision", a.id, timing["connect_ms"]
-        )
+        return len(done)
 
 
 @dataclass
@@ -519,26 +550,3 @@ def _int(v: Any) -> int | None:
         return int(v)
     except (TypeError, ValueError):
         return None
-
-
-def _claim_created(s: Session, attempt_id: str, contact_id: int, server: str) -> CallAttempt:
-    """Lock an agent-written attempt for its one Originate: it must be `created` (never
-    sent) and the contact's; it moves to `originating` on this server in the caller's
-    transaction, so a second dial command for it finds it taken."""
-    a = s.scalar(
-        select(CallAttempt)
-        .where(CallAttempt.id == attempt_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    if a is None:
-        raise NotFound(f"attempt {attempt_id} does not exist")
-    if a.contact_id != contact_id:
-        raise Conflict(f"attempt {attempt_id} is not contact {contact_id}'s")
-    if a.state is not AttemptState.CREATED and "expired" in a.audit:
-        raise Conflict(f"attempt {attempt_id} expired unclaimed and was cancelled: dial again")
-    if a.state is not AttemptState.CREATED:
-        raise Conflict(f"attempt {attempt_id} was already dialed (state {a.state.value})")
-    advance(a, "send")
-    a.server, a.originated_at = server, utcnow()
-    return a

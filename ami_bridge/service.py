@@ -360,7 +360,9 @@ class Bridge:
     async def _expiry_loop(self) -> None:
         """Attempts an agent's preview dial wrote and no `dial` command claimed end after
         `created_ttl_s` (Originator.expire_created): their contact and agent are free
-        again. A failed round is logged; the next one tries again."""
+        again. Then Originator.recover: live attempts whose events were lost to a database
+        error are reconciled with Asterisk. A failed round is logged; the next one tries
+        again."""
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(
@@ -368,6 +370,10 @@ class Bridge:
                 )
             except Exception:
                 log.exception("unclaimed attempts not expired this round")
+            try:  # events lost to a database error; the periodic backstop
+                await asyncio.wait_for(self.originator.recover(), EXPIRY_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("live attempts not reconciled this round: %s", exc)
             try:
                 await asyncio.wait_for(self._stop.wait(), self.expiry_every_s)
             except TimeoutError:

@@ -50,6 +50,11 @@ class IllegalTransition(Conflict):
     """An event that makes no sense in the attempt's state (e.g. connect before answer)."""
 
 
+class AgentBusy(Conflict):
+    """The agent already has a live attempt: a second call for them is refused and
+    nothing is written (the contact was not dialed: it may go back to the queue)."""
+
+
 def next_state(state: AttemptState, event: str) -> AttemptState:
     try:
         return TRANSITIONS[(state, event)]
@@ -106,13 +111,16 @@ def create_attempt(
     Conflict) naming the failing rules and writes nothing; an allowed dial stores which
     rules allowed it in the attempt's audit (`compliance`). A contact already in a live
     attempt is refused too; the partial unique index `uq_call_attempts_live_contact`
-    makes that hold even between two processes."""
+    makes that hold even between two processes. So is an agent already in a live attempt
+    (AgentBusy): the agent's row is locked first, so that two writers for one agent (an
+    agent's preview dial of a callback, a bridge's progressive call) take turns and the
+    second sees the first's attempt."""
     now = now or utcnow()
     contact = s.get(Contact, contact_id, with_for_update=True)
     if contact is None:
         raise NotFound(f"no contact {contact_id}")
-    if agent_id is not None and s.get(Agent, agent_id) is None:
-        raise NotFound(f"no agent with id {agent_id!r}")
+    if agent_id is not None:
+        _lock_free_agent(s, agent_id)
     numbers = contact.numbers
     if e164 is None and numbers:
         e164 = numbers[min(contact.number_index, len(numbers) - 1)].e164
@@ -148,6 +156,24 @@ def create_attempt(
         "; ".join(f"{k} {v}" for k, v in allowed_by.items()),
     )
     return attempt
+
+
+def _lock_free_agent(s: Session, agent_id: str) -> None:
+    """Lock the agent's row (FOR NO KEY UPDATE: rows referencing the agent may still be
+    inserted meanwhile) and refuse if the agent has a live attempt. Every attempt writer
+    for an agent takes this lock after the contact's, so the check and the insert are one
+    step for that agent: under READ COMMITTED the read below, made once the lock is ours,
+    sees any attempt a writer that held it before committed."""
+    agent = s.get(Agent, agent_id, with_for_update={"key_share": True}, populate_existing=True)
+    if agent is None:
+        raise NotFound(f"no agent with id {agent_id!r}")
+    live = s.scalar(
+        select(CallAttempt.id)
+        .where(CallAttempt.agent_id == agent_id, CallAttempt.state.in_(LIVE))
+        .limit(1)
+    )
+    if live is not None:
+        raise AgentBusy(f"agent {agent_id} is already in call attempt {live}")
 
 
 def settle(

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ami_bridge.service import health_key
 from outbound import live as live_state
+from outbound import names
 from outbound.campaigns import preview, push
 from outbound.campaigns.attempts import settle
 from outbound.campaigns.interaction import mark_done
@@ -96,12 +97,13 @@ class Processes(Scheduler):
         super().__init__(workdir, database_url, redis_url)
         self.sb = sb
         self.server = f"live-{uuid.uuid4().hex[:6]}"
+        self.ami_port: int | None = None  # the bridge's AMI port if not Asterisk's (a proxy)
 
     def env(self) -> dict[str, str]:
         env = super().env()
         env.update(
             OUTBOUND_AMI_HOST=self.sb.ami_host,
-            OUTBOUND_AMI_PORT=str(self.sb.ami_port),
+            OUTBOUND_AMI_PORT=str(self.ami_port or self.sb.ami_port),
             OUTBOUND_AMI_USERNAME=self.sb.ami_user,
             OUTBOUND_AMI_SECRET=self.sb.ami_secret,
             OUTBOUND_AMI_PING_INTERVAL="1",
@@ -236,6 +238,20 @@ class LiveCampaign:
             time.sleep(down_s)
         return self.procs.restart(p)
 
+    def dialer_holds(self) -> set[tuple[str, str]]:
+        """What the bridge's dialer holds in Redis now: (reservation key, token) of its
+        reserved agents and (lease key + contact, owner) of its leased records."""
+        prefix = names.key_agent_reservation("")
+        held: set[tuple[str, str]] = set()
+        for key in self.r.scan_iter(match=prefix + "*"):
+            token = self.r.get(key)
+            if token is not None:
+                held.add((_text(key), _text(token)))
+        leases = names.key_leases(self.campaign_id)
+        for contact, owner in self.r.hgetall(leases).items():
+            held.add((f"{leases}/{_text(contact)}", _text(owner)))
+        return held
+
     # ------------------------------------------------------------ the end
     def attempts(self) -> list[CallAttempt]:
         return hive.attempts(self.factory, self.campaign_id)
@@ -293,6 +309,10 @@ class LiveCampaign:
                     self.command("logout", timeout=5, agent_id=a)
         self.procs.stop()
         self.r.close()
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _callback_contact(f: sessionmaker[Session], cid: int, number: str) -> int:

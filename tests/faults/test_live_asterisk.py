@@ -2,7 +2,8 @@
 (`own_sandbox`: the shared one is never restarted or frozen), and Asterisk itself fails
 mid-campaign: `core restart now` with calls up and queued, or the process frozen
 (SIGSTOP) for 10 s and then let go (SIGCONT). The bridge must notice, reconnect, settle
-what Asterisk no longer has, and finish the campaign; the agents log in again as people
+what Asterisk no longer has, and finish the campaign (and the status page's /healthz say
+503 naming the bridge's AMI while Asterisk is frozen, 200 once it is back); the agents log in again as people
 would when their desk phone's call is gone. Then the invariants hold (counted by the
 restarted Asterisk itself: its astdb and CDR survive a restart)."""
 
@@ -11,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from outbound.sandbox import Sandbox, SandboxInfo
+from tests.faults.healthz import watch_health
 from tests.faults.invariants import invariants
 from tests.faults.live import LiveCampaign, live_campaign
 from tests.helpers.ami import AmiClient
@@ -86,13 +89,19 @@ async def test_given_asterisk_frozen_for_10s_then_the_campaign_completes_and_not
 ) -> None:
     await asyncio.to_thread(live.start)
     await asyncio.to_thread(live.wait_attempts, 10)
-    os.kill(own_info.pid, signal.SIGSTOP)
-    try:
-        # The bridge's pings go unanswered: it reports the AMI as unhealthy.
-        await async_until(lambda: not live.bridge_healthy(), 30, message="bridge reported down")
-        await asyncio.sleep(10)  # the fault is "frozen for 10 s": nothing to wait for
-    finally:
-        os.kill(own_info.pid, signal.SIGCONT)
-    await async_until(live.bridge_healthy, 90, message="bridge healthy again by itself")
+    async with watch_health(live) as health:
+        await health.wait_healthy(20)
+        os.kill(own_info.pid, signal.SIGSTOP)
+        frozen = time.monotonic()
+        try:
+            # The bridge's pings go unanswered: it reports the AMI as unhealthy, and the
+            # status page names its AMI connection while Asterisk stays frozen.
+            await async_until(lambda: not live.bridge_healthy(), 30, message="bridge reported down")
+            await health.wait_named(f"ami {live.server}", frozen, 10)
+            await asyncio.sleep(10)  # the fault is "frozen for 10 s": nothing to wait for
+        finally:
+            os.kill(own_info.pid, signal.SIGCONT)
+        await async_until(live.bridge_healthy, 90, message="bridge healthy again by itself")
+        await health.wait_healthy(20)
     await asyncio.to_thread(live.settle)
     await invariants(live, await _admin(own_info, own_admin))

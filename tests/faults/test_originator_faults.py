@@ -4,20 +4,27 @@ with a live call settles that call once and dials nobody twice."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
+from ami_bridge import originator
 from ami_bridge.connection import AmiConnection
 from ami_bridge.originator import Originator
+from outbound.campaigns.attempts import create_attempt
 from outbound.model import (
     AttemptState,
     CallAttempt,
     CallResult,
+    transaction,
+    utcnow,
 )
 from outbound.sandbox import Sandbox, SandboxInfo
 from tests.faults.proxy import FaultProxy
@@ -112,3 +119,52 @@ async def test_given_a_live_call_when_asterisk_restarts_then_the_attempt_is_sett
         assert "1" in own_sandbox.cli(f"database get simcount {number}")
     finally:
         await o.stop()  # make_ami closes the connection
+
+
+def _live_attempt(factory: Any, age_s: float, server: str) -> str:
+    """An attempt of `server` Asterisk has no channel for (its Hangup was lost), sent
+    `age_s` seconds ago."""
+    with transaction(factory) as s:
+        a = create_attempt(s, add_contact(factory, _number("5")), server=server)
+        a.originated_at = utcnow() - timedelta(seconds=age_s)
+        return a.id
+
+
+async def test_given_an_event_lost_to_a_database_error_when_the_bridge_recovers_then_older_gone_attempts_are_settled_and_newer_ones_left(
+    sandbox: SandboxInfo,
+    make_ami: Callable[..., AmiConnection],
+    factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(originator, "RECOVER_AFTER_S", 0.0)
+    ami = make_ami(sandbox)
+    server = f"rec-{uuid.uuid4().hex[:6]}"
+    o = Originator(ami, factory, server=server)
+    await ami.start(wait=10)
+    o._next_backstop = asyncio.get_running_loop().time() + 3600  # not this time
+    lost = _live_attempt(factory, 30, server)
+    # An event's handling fails on the database (as the consumer reports it).
+    o._failed("event Hangup", OperationalError("SELECT", {}, Exception("server closed")))
+    assert o.reconcile_needed
+    young = _live_attempt(factory, 0, server)  # sent after the failure: left to its events
+    await o.recover()
+    assert not o.reconcile_needed
+    assert [_state(factory, a) for a in (lost, young)] == [
+        AttemptState.ENDED,
+        AttemptState.ORIGINATING,
+    ]
+    # The backstop, whatever happened: a live attempt without a channel, older than
+    # BACKSTOP_MIN_AGE_S, is settled; a younger one is not.
+    await o.recover()  # the flag is clear, the backstop not due: nothing
+    assert _state(factory, young) is AttemptState.ORIGINATING
+    monkeypatch.setattr(originator, "BACKSTOP_MIN_AGE_S", 0.0)
+    o._next_backstop = 0.0
+    await o.recover()
+    assert _state(factory, young) is AttemptState.ENDED
+
+
+def _state(factory: Any, aid: str) -> AttemptState:
+    with factory() as s:
+        a = s.get(CallAttempt, aid)
+        assert a is not None
+        return a.state

@@ -234,8 +234,10 @@ def test_given_threads_dialing_one_contact_at_once_on_postgresql_then_one_attemp
     upgrade(engine)
     factory = session_factory(engine)
     try:
-        agents = [add_agent(factory, str(100 + i)) for i in range(RACERS)]
         for _round in range(5):  # a race is won by chance: run it a few times
+            # Free agents each round: an agent already in a live attempt is refused too
+            # (AgentBusy, tests/integration/test_dialer_agent_race.py).
+            agents = [add_agent(factory, str(100 + _round * RACERS + i)) for i in range(RACERS)]
             cid = add_contact(factory, f"+4930555{random.randrange(10**5, 10**6)}")
             got = _race(factory, cid, agents)
             won = [g for g in got if isinstance(g, str)]
