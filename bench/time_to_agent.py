@@ -50,10 +50,12 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 from _common import markdown_table, print_table, write_section  # noqa: E402
 
 from outbound import names  # noqa: E402
+from outbound.model import AttemptState  # noqa: E402
 from outbound.sandbox import Sandbox, SandboxInfo  # noqa: E402
 from tests.helpers.ami import AmiClient  # noqa: E402
 from tests.helpers.db import add_agent, add_contact  # noqa: E402
 from tests.helpers.stack import attempt_row, call_stack  # noqa: E402
+from tests.helpers.until import async_until  # noqa: E402
 
 SECTION = "B2 time to agent"
 GOAL_P99_MS = 250.0
@@ -110,8 +112,10 @@ async def _one(st: dict[str, Any], admin: AmiClient, call: Call, timeout: float)
         call.amd = a.amd_status or ""
         call.error = f"not connected: {a.state} AMD {a.amd_status} {a.audit.get('route', '')}"
         await _end(admin, call, None, timeout)
+        await _settled(st, aid, timeout)
         return
     await _end(admin, call, join["Channel"], timeout)
+    await _settled(st, aid, timeout)
     # Asterisk's AMI stream is not ordered across its sources (channel, ConfBridge and
     # user events travel on different topics): a busy Asterisk may send the join first.
     try:
@@ -146,6 +150,16 @@ async def _end(admin: AmiClient, call: Call, channel: str | None, timeout: float
         pattern = f"/^Local/{re.escape(call.number)}@{names.CTX_DIAL}-/"
         await admin.send("Hangup", check=False, Channel=pattern)
         print(f"attempt {call.attempt}: no Hangup within {timeout:g} s", flush=True)
+
+
+async def _settled(st: dict[str, Any], aid: str, timeout: float) -> None:
+    """Wait until the bridge has ended the attempt: an agent with a live attempt is never
+    given another call (create_attempt refuses it)."""
+    await async_until(
+        lambda: attempt_row(st["factory"], aid).state is AttemptState.ENDED,
+        timeout,
+        message=f"attempt {aid} not ended",
+    )
 
 
 async def _agent_loop(
