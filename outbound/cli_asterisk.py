@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -98,7 +97,9 @@ def check(obj: Ctx, timeout: float, as_json: bool) -> None:
     AMI rights and dialplan contexts the dialer needs. Exit code 1 on any problem."""
     import asyncio
 
-    report = asyncio.run(_check(obj, timeout))
+    from .cli import asterisk_check  # the AMI connection: wired in the composition root
+
+    report = asyncio.run(asterisk_check(obj, timeout))
     rows = [asdict(r) for r in report.rows]
     emit(
         {"ok": report.exit_code == 0, "rows": rows},
@@ -109,100 +110,3 @@ def check(obj: Ctx, timeout: float, as_json: bool) -> None:
         n = len(report.problems)
         click.echo("all good" if n == 0 else f"{n} problem(s)", err=True)
     sys.exit(report.exit_code)
-
-
-async def _check(obj: Ctx, timeout: float) -> Any:
-    from ami_bridge.connection import AmiActionFailed, AmiConnection, AmiError
-
-    from .asterisk_install import (
-        CDR_BACKENDS,
-        CheckReport,
-        dialplan_contexts,
-        judge_actions,
-        judge_contexts,
-        judge_modules,
-        needed_modules,
-        snippet_text,
-    )
-
-    cfg = obj.config
-    report = CheckReport()
-    host, port, user = cfg.get("ami", "host"), cfg.get("ami", "port"), cfg.get("ami", "username")
-    ami = AmiConnection(
-        host,
-        port,
-        user,
-        cfg.get("ami", "secret"),
-        action_timeout=min(timeout, float(cfg.get("ami", "action_timeout"))),
-    )
-    try:
-        # ready = logged in and FullyBooted seen, which needs read=system.
-        await ami.start(wait=timeout)
-    except AmiError as exc:
-        await ami.close()
-        hint = "" if "login failed" in str(exc) else " (FullyBooted needs read=system)"
-        report.add("ami", f"{user}@{host}:{port}", "problem", f"{exc}{hint}")
-        return report
-    try:
-        report.add("ami", f"{user}@{host}:{port}", "ok", "logged in, Asterisk fully booted")
-        try:
-            settings = await ami.send("CoreSettings")
-            report.add("asterisk", "version", "info", str(settings.get("AsteriskVersion", "?")))
-        except AmiActionFailed as exc:
-            report.add("asterisk", "version", "unknown", str(exc))
-
-        # ListCommands is open to every account and lists only the actions its write
-        # classes allow: the account's rights without trying anything.
-        listed = await ami.send("ListCommands")
-        allowed = {str(k) for k in listed if k not in ("Response", "ActionID", "Message")}
-        judge_actions(report, allowed)
-        report.add(
-            "right",
-            "read classes",
-            "info",
-            "not visible over AMI; read=system shown by FullyBooted, call/dtmf/user as "
-            "given by manager_outbound.conf",
-        )
-
-        dialplan = snippet_text("extensions_outbound.conf")
-        trunks = [str(cfg.get("dialer", "trunk")), str(cfg.get("dialer", "internal"))]
-        needs = needed_modules(dialplan, trunks)
-        loaded: dict[str, bool | None] = {}
-        # IFMODULE through Getvar (write=call): ModuleCheck would need 'system'.
-        for mod in [n.module for n in needs] + list(CDR_BACKENDS):
-            try:
-                resp = await ami.send("Getvar", {"Variable": f"IFMODULE({mod}.so)"})
-                value = str(resp.get("Value", ""))
-                loaded[mod] = {"1": True, "0": False}.get(value)
-            except AmiActionFailed:
-                loaded[mod] = None
-        judge_modules(report, needs, loaded)
-
-        present: dict[str, bool] = {}
-        needed = [c for c in dialplan_contexts(dialplan) if c.startswith("outbound-")]
-        for ctx in needed:
-            try:
-                await ami.send_list("ShowDialPlan", {"Context": ctx})
-                present[ctx] = True
-            except AmiActionFailed:
-                present[ctx] = False
-        judge_contexts(report, needed, present)
-
-        try:
-            base = await ami.send("Getvar", {"Variable": "OUTBOUND_AGI_BASE"})
-            value = str(base.get("Value", "") or "")
-            port = int(cfg.get("agi", "port"))
-            used = value or "agi://127.0.0.1:4573"
-            if used.startswith("agi://") and not used.rstrip("/").endswith(f":{port}"):
-                report.add(
-                    "dialplan", "OUTBOUND_AGI_BASE", "warning", f"{used}, but [agi] port is {port}"
-                )
-            else:
-                report.add("dialplan", "OUTBOUND_AGI_BASE", "info", value or f"not set: {used}")
-        except AmiActionFailed as exc:
-            report.add("dialplan", "OUTBOUND_AGI_BASE", "unknown", str(exc))
-    except AmiError as exc:
-        report.add("ami", "session", "problem", str(exc))
-    finally:
-        await ami.close()
-    return report

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import click
@@ -10,59 +9,7 @@ import click
 from .cli_common import Ctx, errors
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session, sessionmaker
-
-    from .config import Config
-    from .sandbox import SandboxInfo
-
-
-async def start_stack(
-    cfg: Config, factory: sessionmaker[Session], info: SandboxInfo, talk: tuple[int, int]
-) -> Callable[[], Awaitable[None]]:
-    """The bridge (dialer, agent sessions, command stream) and the FastAGI server where
-    the sandbox's dialplan sends every answered call, in this process. The predictive
-    pacer starts from estimates that fit the simulated world and warms up after a few
-    dozen dials instead of fifty (a demo is short); everything else is the product's."""
-    import asyncio
-
-    import redis.asyncio as aredis
-
-    from agi_scripts.routes import register
-    from agi_scripts.server import AgiServer
-    from ami_bridge.service import Bridge, health_key, live_key
-
-    from . import pacing
-
-    bridge_redis = aredis.Redis.from_url(cfg.redis_url)
-    bridge = Bridge(cfg, factory, bridge_redis, consumer="demo")
-    if bridge.dialer is not None:
-        p = bridge.dialer.predictive
-        p.min_dials, p.min_calls = 10, 3
-        talk_mean = (talk[0] + talk[1]) / 2
-        p.priors = pacing.Priors(
-            answer_rate=0.4,
-            ring_s=(4.0, 2.0),
-            talk_s=(talk_mean, max(1.0, (talk[1] - talk[0]) / 4)),
-            wrap_s=(2.5, 1.0),
-        )
-    task = asyncio.ensure_future(bridge.run())
-    agi_redis = aredis.Redis.from_url(cfg.redis_url)
-    agi = AgiServer("127.0.0.1", info.agi_port)
-    register(agi, factory, agi_redis, cfg)
-    await agi.start()
-
-    async def stop() -> None:
-        bridge.stop()
-        try:
-            await asyncio.wait_for(task, 15)
-        finally:
-            await agi.close()
-            await agi_redis.aclose()
-            # The bridge's snapshot and health record of this run's server go with it.
-            await bridge_redis.delete(live_key(bridge.server), health_key(bridge.server))
-            await bridge_redis.aclose()
-
-    return stop
+    pass
 
 
 def _talk(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -153,6 +100,8 @@ def demo(
         seed=seed,
         abandon_target=abandon_target / 100,
     )
+    from .cli import start_stack  # the bridge and FastAGI: wired in the composition root
+
     code = run_demo(
         opts, config_path=obj.config_path, overrides=obj.overrides, start_stack=start_stack
     )

@@ -7,7 +7,7 @@ agents on simulated desk phones, with every product process running for real.
 * ``stats``: the figures from the database, and Asterisk's CDR for the summary;
 * ``procs``: child processes (private Redis, worker, beat, status page) and their stop.
 
-The bridge and FastAGI server are started by the caller (``outbound.cli_demo``), so that
+The bridge and FastAGI server are started by the caller (``outbound.cli.start_stack``), so that
 this package, like all of ``outbound``, imports none of the runtime packages.
 """
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from outbound.cli_run import run
+from outbound.cli import run
 
 UNITS = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
 BINARY = "/opt/outbound/venv/bin/outbound"
