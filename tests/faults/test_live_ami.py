@@ -23,6 +23,7 @@ from tests.faults.invariants import invariants
 from tests.faults.live import LiveCampaign, live_campaign
 from tests.faults.proxy import FaultProxy
 from tests.helpers.ami import AmiClient
+from tests.helpers.dialplan import extra_dialplan
 from tests.helpers.until import async_until
 
 pytestmark = [pytest.mark.asterisk, pytest.mark.timeout(180)]
@@ -82,20 +83,9 @@ STORM_EVENTS = 2500  # per channel
 @pytest.fixture
 def storm_context(sandbox_instance: Sandbox) -> Iterator[str]:
     """The storm's context in the session sandbox's extensions_sandbox_extra.conf (what
-    was there before is put back afterwards, as tests/integration/test_routing.py does)."""
-    extra = sandbox_instance.etc_dir / "extensions_sandbox_extra.conf"
-    before = extra.read_text() if extra.exists() else None
-    extra.write_text((before or "") + STORM_DIALPLAN)
-    sandbox_instance.cli("dialplan reload")
-    assert "faults-storm" in sandbox_instance.cli("dialplan show faults-storm")
-    try:
-        yield "faults-storm"
-    finally:
-        if before is None:
-            extra.unlink(missing_ok=True)
-        else:
-            extra.write_text(before)
-        sandbox_instance.cli("dialplan reload")
+    was there before is put back afterwards)."""
+    with extra_dialplan(sandbox_instance, STORM_DIALPLAN, "faults-storm", "faults-storm") as c:
+        yield c
 
 
 async def test_given_an_ami_event_storm_mid_campaign_then_the_bridge_stays_or_gets_healthy_and_nothing_is_lost_or_doubled(

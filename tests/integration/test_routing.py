@@ -34,6 +34,7 @@ from outbound.model import (
 from outbound.sandbox import Sandbox, SandboxInfo
 from tests.helpers.ami import AmiClient, Message
 from tests.helpers.db import add_agent, add_contact
+from tests.helpers.dialplan import extra_dialplan
 from tests.helpers.stack import attempt_row, call_stack
 from tests.helpers.until import async_until
 
@@ -440,19 +441,10 @@ exten => machine_cng_beep,1,Ringing()
 
 @pytest.fixture
 def cng_beep_machine(sandbox_instance: Sandbox) -> Iterator[str]:
-    extra = sandbox_instance.etc_dir / "extensions_sandbox_extra.conf"
-    before = extra.read_text() if extra.exists() else None
-    extra.write_text((before or "") + CNG_BEEP_DIALPLAN)
-    sandbox_instance.cli("dialplan reload")
-    assert "machine_cng_beep" in sandbox_instance.cli("dialplan show sim-scenario")
-    try:
-        yield "machine_cng_beep"
-    finally:
-        if before is None:
-            extra.unlink(missing_ok=True)
-        else:
-            extra.write_text(before)
-        sandbox_instance.cli("dialplan reload")
+    with extra_dialplan(
+        sandbox_instance, CNG_BEEP_DIALPLAN, "sim-scenario", "machine_cng_beep"
+    ) as name:
+        yield name
 
 
 async def test_given_a_machine_beep_at_fax_pitch_then_the_message_is_left_not_taken_for_fax(
